@@ -1,0 +1,1 @@
+"""jaxdissect: network dissection in JAX."""

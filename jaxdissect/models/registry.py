@@ -1,0 +1,109 @@
+"""The model registry: a name -> how to build the module, where its weights come from, and
+how its inputs are prepared. `load(name)` returns a ready `LoadedModel`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import numpy as np
+
+IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything the registry knows about one model, before any weights are read.
+
+    Layer names are dotted Flax module paths ('features.conv5_3'), equal to the PyTorch
+    original's names; a layer's captured value is that module's `__call__` output.
+    """
+
+    name: str
+    kind: str  # 'classifier' | 'generator' | 'segmenter'
+    build: Callable[[Mapping[str, Any]], nn.Module]  # config -> module
+    default_config: Mapping[str, Any]
+    input_size: tuple[int, int] | None  # (H, W) for image inputs; None for generators
+    normalization: Mapping[str, Any]  # e.g. IMAGENET_NORMALIZATION, or {"z": "standard_normal"}
+    default_layer: str
+    layer_names: tuple[str, ...]  # the dissectable layers, in forward order
+    labels: Callable[[], Sequence[str]] | None = None  # class names, loaded lazily
+    # Converted-from-PyTorch models: where the official .pth lives and how to map it.
+    url: str | None = None
+    md5: str | None = None  # full md5 of the file when the original publishes one
+    sha256_prefix: str | None = None  # the hash fragment in torch-hub style file names
+    config_from_torch: Callable[[Mapping[str, np.ndarray]], dict] | None = None
+    convert: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict] | None = None
+    # Embedded models: orbax checkpoint shipped inside the package (relative to jaxdissect/).
+    packaged_weights: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run: module + variables + how to feed it."""
+
+    name: str
+    kind: str
+    module: nn.Module
+    variables: Any
+    config: Mapping[str, Any]
+    input_size: tuple[int, int] | None
+    normalization: Mapping[str, Any]
+    default_layer: str
+    layer_names: tuple[str, ...]
+    labels: tuple[str, ...] | None
+
+    @property
+    def z_dim(self) -> int | None:
+        """Latent size for generators (None for classifiers)."""
+        return self.config.get("z_dim") if self.kind == "generator" else None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (a later registration of the same name replaces it)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered under `name`; a clear error lists the known names."""
+    _ensure_builtin_models_registered()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(available())}") from None
+
+
+def available() -> list[str]:
+    """Names of every registered model."""
+    _ensure_builtin_models_registered()
+    return sorted(_REGISTRY)
+
+
+_BUILTIN_MODULES = (
+    # Each of these modules calls register(...) at import.
+    "jaxdissect.models.vgg",
+    "jaxdissect.models.alexnet",
+    "jaxdissect.models.resnet152",
+    "jaxdissect.models.proggan",
+    "jaxdissect.models.toy",
+)
+_builtins_loaded = False
+
+
+def _ensure_builtin_models_registered() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    import importlib
+
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a model family not written yet
+            if e.name != mod:
+                raise
+    _builtins_loaded = True
