@@ -1,0 +1,1 @@
+"""Reading published PyTorch checkpoints without torch, and converting them to Flax."""
