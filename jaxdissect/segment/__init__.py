@@ -1,0 +1,1 @@
+"""Segmenters: multi-label segmentation maps for labelling units."""
