@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxdissect.atomic import atomic_directory, existing_version
 
 META_FILE = "meta.json"
 STATE_DIR = "variables"
@@ -20,33 +20,22 @@ STATE_DIR = "variables"
 def save_weights(directory: str | os.PathLike, name: str, variables: Any,
                  config: Mapping[str, Any], **meta: Any) -> None:
     """Write variables + meta atomically: build in a temporary sibling folder, then rename."""
-    directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
-    try:
+    with atomic_directory(directory) as tmp:
         tree = jax.tree.map(np.asarray, variables)
         with ocp.StandardCheckpointer() as ckpt:
             ckpt.save(os.path.join(tmp, STATE_DIR), tree)
             ckpt.wait_until_finished()
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump({"model": name, "config": dict(config), **meta}, f, indent=1)
-        if os.path.exists(directory):
-            old = directory + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(directory: str | os.PathLike) -> dict:
     """The meta.json of a weights folder, with a clear error when it is not one."""
-    path = os.path.join(os.fspath(directory), META_FILE)
+    try:
+        directory = existing_version(directory)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights folder {os.fspath(directory)!r} does not exist") from None
+    path = os.path.join(directory, META_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{os.fspath(directory)!r} is not a jaxdissect weights folder (no {META_FILE})")
     with open(path) as f:
@@ -56,6 +45,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
 def load_weights(directory: str | os.PathLike) -> tuple[Any, dict, dict]:
     """Return (variables as numpy arrays, module config, meta) from a weights folder."""
     meta = read_meta(directory)
+    directory = existing_version(directory)
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(os.path.join(os.path.abspath(os.fspath(directory)), STATE_DIR))
     return variables, dict(meta.get("config", {})), meta
