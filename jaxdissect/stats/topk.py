@@ -61,15 +61,26 @@ class TopK:
 
     def all_reduce(self, axis_name) -> "TopK":
         """Merge per-device states along a mesh axis (inside shard_map): all-gather, then select."""
-        keys = jax.lax.all_gather(self.keys, axis_name, axis=1, tiled=True)
-        idx = jax.lax.all_gather(self.indices, axis_name, axis=1, tiled=True)
-        keys, idx = _select(keys, idx, self.k)
+        keys, idx = _select(_gather_replicated(self.keys, axis_name),
+                            _gather_replicated(self.indices, axis_name), self.k)
         return self.replace(keys=keys, indices=idx, count=jax.lax.psum(self.count, axis_name))
 
     def result(self) -> tuple[jax.Array, jax.Array]:
         """(values, indices), each (units, k), best first. Empty slots hold -inf/+inf and -1."""
         values = -self.keys if self.largest else self.keys
         return values, jnp.where(self.indices == _NO_INDEX, -1, self.indices)
+
+
+def _gather_replicated(x: jax.Array, axis_name) -> jax.Array:
+    """(units, k) per device -> (units, devices * k) on every device, typed as replicated.
+
+    Each device writes its block into its own slot of a zero buffer and a psum joins them
+    (exact: every slot has one nonzero writer), which shard_map knows to be replicated."""
+    n = jax.lax.psum(1, axis_name)
+    slot = jax.lax.axis_index(axis_name)
+    buf = jnp.zeros((n,) + x.shape, x.dtype).at[slot].set(x)
+    buf = jax.lax.psum(buf, axis_name)
+    return jnp.moveaxis(buf, 0, 1).reshape(x.shape[0], n * x.shape[1])
 
 
 def _select(keys: jax.Array, indices: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
