@@ -1,0 +1,104 @@
+"""Benchmark of the streaming statistics, side by side with the forward pass they accompany.
+
+Measures, in one run on the same data: the jitted per-batch update of QuantileSketch and
+IoUTally for a VGG16 conv5_3-shaped batch (10 images, 512 units upsampled to 56x56 = 31,360
+rows) and the jitted VGG16 forward of that batch (random weights). Prints medians and the
+ratios (goal: each update <= 10% of the forward), then the sketch's accuracy on adversarial
+streams and its state size.
+
+    python scripts/bench_stats.py [--repeats 7] [--accuracy-n 2000000]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect import stats
+from jaxdissect.stats.accuracy import STREAM_NAMES, adversarial_streams, max_rank_errors
+
+
+def median_time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def vgg16_forward():
+    """A jitted VGG16 (the registered vgg16_places module) with random weights, batch 10."""
+    from jaxdissect.models.registry import get_spec
+
+    spec = get_spec("vgg16_places")
+    module = spec.build(spec.default_config)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(10, 224, 224, 3)).astype(np.float32))
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    return jax.jit(module.apply), (variables, x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--num-labels", type=int, default=1200, help="segmentation labels for IoUTally")
+    parser.add_argument("--accuracy-n", type=int, default=2_000_000, help="values per unit for the accuracy check")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    rows = jnp.asarray(np.maximum(rng.normal(size=(31_360, 512)), 0).astype(np.float32))
+    indicator = rows.reshape(10, 56, 56, 512) > 1.5
+    labels = jnp.asarray(rng.integers(0, args.num_labels, size=(10, 6, 56, 56)).astype(np.int32))
+
+    forward, forward_args = vgg16_forward()
+    sketch_update = jax.jit(lambda s, x: s.update(x), donate_argnums=0)
+    iou_update = jax.jit(lambda s, i, l: s.update(i, l), donate_argnums=0)
+
+    def run_sketch(x):
+        return sketch_update(stats.QuantileSketch.create(512, args.resolution), x)
+
+    def run_iou(i, l):
+        return iou_update(stats.IoUTally.create(512, args.num_labels), i, l)
+
+    # Creating the empty state is part of each timed call; measure it apart and subtract.
+    create_sketch = jax.jit(lambda: stats.QuantileSketch.create(512, args.resolution))
+    create_iou = jax.jit(lambda: stats.IoUTally.create(512, args.num_labels))
+    results = {}
+    for name, fn, fargs in (("vgg16 forward (batch 10, 224)", forward, forward_args),
+                            ("QuantileSketch.update", run_sketch, (rows,)),
+                            ("  (state creation)", create_sketch, ()),
+                            ("IoUTally.update", run_iou, (indicator, labels)),
+                            ("  (state creation) ", create_iou, ())):
+        results[name] = median_time(fn, *fargs, repeats=args.repeats)
+    fwd = results["vgg16 forward (batch 10, 224)"]
+    sketch = results["QuantileSketch.update"] - results["  (state creation)"]
+    iou = results["IoUTally.update"] - results["  (state creation) "]
+    print(f"devices: {jax.devices()}")
+    print(f"median of {args.repeats} runs, same process, same data")
+    print(f"  vgg16 forward, batch 10 at 224: {fwd * 1e3:8.1f} ms")
+    print(f"  QuantileSketch.update 31,360 x 512 (resolution {args.resolution}): {sketch * 1e3:8.1f} ms "
+          f"= {sketch / fwd:.1%} of the forward")
+    print(f"  IoUTally.update 10x56x56x512 vs 6 channels, {args.num_labels} labels: {iou * 1e3:8.1f} ms "
+          f"= {iou / fwd:.1%} of the forward")
+
+    data = adversarial_streams(args.accuracy_n)
+    sketch_state = stats.QuantileSketch.create(data.shape[1], args.resolution)
+    for chunk in np.array_split(data, 16):
+        sketch_state = sketch_state.update(chunk)
+    qs = (0.5, 0.99, 0.995)
+    errors = max_rank_errors(np.sort(data, axis=0), np.asarray(sketch_state.quantiles(qs)), qs)
+    print(f"accuracy: rank error (fraction of n) on {args.accuracy_n:,} values per stream")
+    print("  " + " ".join(f"{'q=' + str(q):>10}" for q in qs) + "  stream")
+    for name, row in zip(STREAM_NAMES, errors):
+        print("  " + " ".join(f"{e:10.2e}" for e in row) + f"  {name}")
+    print(f"  worst: {errors.max(0)}  (bounds 5e-4, 1e-4, 1e-4)")
+    print(f"state size: {sketch_state.state_bytes_per_unit:,} bytes per unit (resolution {args.resolution})")
+
+
+if __name__ == "__main__":
+    main()
