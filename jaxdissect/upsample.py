@@ -56,6 +56,8 @@ def source_coordinates(data_size: int, target_size: int, image_size: int | None 
 
 def interpolation_matrix(coords: np.ndarray, data_size: int) -> np.ndarray:
     """(target, data) weights of linear interpolation at `coords`, zero outside the data."""
+    nearest = np.round(coords)
+    coords = np.where(np.abs(coords - nearest) < 1e-9, nearest, coords)  # exact where the grids align
     lo = np.floor(coords).astype(np.int64)
     frac = coords - lo
     m = np.zeros((len(coords), data_size), np.float64)

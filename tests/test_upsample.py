@@ -72,3 +72,8 @@ def test_other_models_use_default_grid_and_shape_errors():
     assert upsample.layer_geometry("vgg16_places", "features.conv5_3") is None
     with pytest.raises(ValueError, match="expects"):
         upsample.upsampler((8, 8), (2, 2))(np.zeros((1, 3, 3, 1), np.float32))
+
+
+def test_equal_grids_are_the_identity():
+    x = np.random.default_rng(2).normal(size=(1, 64, 48, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(upsample.upsampler((64, 48), (64, 48))(x)), x)

@@ -1,0 +1,112 @@
+"""Where the dissection's samples come from: images (scenes world, image folders) or z vectors.
+
+A source is random access by global sample index, so batches can be re-read for thumbnails and
+a resumed run sees exactly the batches it missed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch: model input (uint8 images or float32 z), validity, optional exact segmentation."""
+
+    indices: np.ndarray  # (N,) int32 global sample indices
+    inputs: np.ndarray  # (N, H, W, 3) uint8 images or (N, z_dim) float32
+    ok: np.ndarray  # (N,) bool: False for padding and unreadable images
+    segmentation: np.ndarray | None = None  # (N, L, H, W) int32 ground truth, when the source has it
+    errors: dict = dataclasses.field(default_factory=dict)  # index -> message for unreadable samples
+
+
+class ScenesSource:
+    """The embedded scenes world (val split by default), which carries its exact segmentation."""
+
+    kind = "images"
+
+    def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128):
+        from jaxdissect.data.scenes import Scenes
+
+        self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size)
+        self.labels = self.dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, indices: Sequence[int]) -> Batch:
+        b = self.dataset.batch(indices)
+        return Batch(np.asarray(indices, np.int32), b["image"], np.ones(len(indices), bool), b["segmentation"])
+
+
+class FolderSource:
+    """An image folder (e.g. Places365 val), prepared as the original did."""
+
+    kind = "images"
+    labels = None
+
+    def __init__(self, root: str | os.PathLike, crop: int, size: int | None = None):
+        from jaxdissect.data.image_folder import ImageFolder
+
+        self.dataset = ImageFolder(root, crop=crop)
+        self.size = len(self.dataset) if size is None else min(size, len(self.dataset))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, indices: Sequence[int]) -> Batch:
+        b = self.dataset.batch(indices)
+        return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"])
+
+
+class ZSource:
+    """z ~ N(0, I) from numpy RandomState(seed), the original's generator samples."""
+
+    kind = "z"
+    labels = None
+
+    def __init__(self, size: int, z_dim: int, seed: int = 1):
+        from jaxdissect.data.zdataset import standard_z_sample
+
+        self.z = standard_z_sample(size, z_dim, seed)
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def load(self, indices: Sequence[int]) -> Batch:
+        idx = np.asarray(indices, np.int64)
+        return Batch(idx.astype(np.int32), self.z[idx], np.ones(len(idx), bool))
+
+
+def pad_batch(batch: Batch, size: int) -> Batch:
+    """Pad a short batch to `size` rows by repeating its first row, marked not ok."""
+    n = len(batch.indices)
+    if n == size:
+        return batch
+    if n == 0 or n > size:
+        raise ValueError(f"cannot pad a batch of {n} to {size}")
+    take = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
+    ok = np.concatenate([batch.ok, np.zeros(size - n, bool)])
+    seg = None if batch.segmentation is None else batch.segmentation[take]
+    return Batch(batch.indices[take], batch.inputs[take], ok, seg, batch.errors)
+
+
+def batch_ranges(total: int, batch_size: int) -> list[np.ndarray]:
+    """Consecutive index ranges covering 0 .. total - 1."""
+    return [np.arange(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+
+
+def prefetch(source: Any, ranges: Sequence[np.ndarray], pad_to: int, depth: int = 2):
+    """Yield padded batches, loading the next ones in a background thread while the device works."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(source.load, r) for r in ranges[:depth]]
+        for i in range(len(ranges)):
+            batch = futures[i].result()
+            if i + depth < len(ranges):
+                futures.append(pool.submit(source.load, ranges[i + depth]))
+            yield pad_batch(batch, pad_to)

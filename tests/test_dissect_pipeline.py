@@ -1,0 +1,107 @@
+"""The dissection pipeline end to end on a planted-concept model, devices, resume, locking."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxdissect.dissect import DissectConfig, dissect, runstate
+from planted import EncodedScenes, planted_model
+
+
+def config(tmp_path, **kw):
+    base = dict(outdir=str(tmp_path), quantile=0.5, batch_size=8, progress=False, checkpoint_every=2,
+                thumbsize=32, topk=10)
+    base.update(kw)
+    return DissectConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    [result] = dissect(config(out, devices=1), model=planted_model(), source=EncodedScenes(size=40))
+    return out, result
+
+
+def test_planted_units_are_labelled_with_their_own_label(planted_run):
+    _, r = planted_run
+    # Every unit whose label occurs in the data, of the planted categories, finds itself exactly.
+    present = np.asarray([r.iou[:, u].max() > 0 for u in range(len(r.best_label))])
+    planted = [u for u in range(1, 44) if present[u]]
+    assert len(planted) >= 25
+    for u in planted:
+        # its own label is the best (a label covering the same pixels, like crown and foliage,
+        # may tie; ties go to the lower id), at IoU >= 0.9
+        assert r.iou[u, u] == r.best_iou[u], (u, r.label_names[u], r.label_names[r.best_label[u]])
+        assert r.best_iou[u] >= 0.9, (u, r.best_iou[u])
+    assert np.mean([r.best_label[u] == u for u in planted]) > 0.8
+
+
+def test_outputs_written(planted_run):
+    out, r = planted_run
+    d = r.directory
+    assert os.path.basename(d) == "planted-scenes-scenes-planted-500-t32"
+    for f in ("report.json", "report.html", "concepts.svg", "done.txt", "image/unit1.jpg", "stats/iou",
+              "stats/quantiles", "stats/topk"):
+        assert os.path.exists(os.path.join(d, f)), f
+    report = json.load(open(os.path.join(d, "report.json")))
+    assert len(report["units"]) == 55
+    assert report["units"][1]["label"] == "sky" and report["units"][1]["cat"] == "object"
+    assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
+
+
+def test_four_devices_give_identical_results(planted_run, tmp_path):
+    _, one = planted_run
+    [four] = dissect(config(tmp_path, devices=4), model=planted_model(), source=EncodedScenes(size=40))
+    np.testing.assert_array_equal(four.best_label, one.best_label)
+    np.testing.assert_allclose(four.iou, one.iou, atol=1e-6)
+    np.testing.assert_array_equal(four.thresholds, one.thresholds)
+    np.testing.assert_array_equal(four.topk_indices, one.topk_indices)
+
+
+class Crashing(EncodedScenes):
+    """Fails once when asked for a given sample, like a run killed mid-pass."""
+
+    def __init__(self, fail_at, **kw):
+        super().__init__(**kw)
+        self.fail_at = fail_at
+
+    def load(self, indices):
+        if self.fail_at is not None and self.fail_at in list(indices):
+            self.fail_at = None
+            raise KeyboardInterrupt("simulated kill")
+        return super().load(indices)
+
+
+def test_killed_run_resumes_to_identical_results(planted_run, tmp_path):
+    _, reference = planted_run
+    src = Crashing(fail_at=30, size=40)
+    with pytest.raises(KeyboardInterrupt):
+        dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
+    d = os.path.join(tmp_path, "planted-scenes-scenes-planted-500-t32")
+    from jaxdissect.dissect.steps import ActivationStats
+
+    saved = runstate.load_pass(d, "pass1", {"planted": ActivationStats.create(55, 10)})
+    assert saved is not None and saved[1]["batches_done"] == 2  # checkpointed before the kill
+    assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
+    [resumed] = dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
+    np.testing.assert_array_equal(resumed.best_label, reference.best_label)
+    np.testing.assert_allclose(resumed.iou, reference.iou, atol=1e-6)
+    np.testing.assert_array_equal(resumed.topk_indices, reference.topk_indices)
+
+
+def test_second_run_on_a_locked_folder_exits_with_message(tmp_path):
+    d = os.path.join(tmp_path, "planted-scenes-scenes-planted-500-t32")
+    with runstate.ExclusiveRun(d):
+        with pytest.raises(runstate.RunLockedError, match="another run"):
+            dissect(config(tmp_path), model=planted_model(), source=EncodedScenes(size=8))
+
+
+def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    import socket
+
+    (d / runstate.LOCK_FILE).write_text(f"999999999@{socket.gethostname()}\n")
+    with runstate.ExclusiveRun(d):
+        assert (d / runstate.LOCK_FILE).read_text().startswith(str(os.getpid()))
