@@ -1,0 +1,40 @@
+"""Places365 val, as the original used it: the zip published with the original, fetched once
+into the cache (md5-checked) and unpacked atomically. Give an image folder with --dataset PATH
+to use a copy you already have."""
+from __future__ import annotations
+
+import os
+import zipfile
+
+PLACES_URL = "https://dissect.csail.mit.edu/datasets/places_{split}.zip"
+PLACES_MD5 = {"val": "593bbc21590cf7c396faac2e600cd30c", "train": "d1db6ad3fc1d69b94da325ac08886a01"}
+
+
+def places_dir(split: str = "val") -> str:
+    from weight_conversion.cache import cache_dir
+
+    return os.path.join(cache_dir(), "datasets", "places", split)
+
+
+def ensure_places_val(split: str = "val", url: str | None = None) -> str:
+    """The folder of Places365 `split` images, downloading and unpacking it on first use."""
+    from jaxdissect.atomic import atomic_directory
+    from weight_conversion.cache import download_path
+    from weight_conversion.download import download
+
+    target = places_dir(split)
+    if os.path.isdir(target):
+        return target
+    url = url or PLACES_URL.format(split=split)
+    archive = download_path(url)
+    if not archive.exists():
+        download(url, archive, md5=PLACES_MD5.get(split))
+    try:
+        with zipfile.ZipFile(archive) as z, atomic_directory(target) as tmp:
+            for member in z.namelist():
+                if member.startswith("/") or ".." in member.split("/"):
+                    raise ValueError(f"{archive}: unsafe path {member!r} in the archive")
+            z.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{archive} is not a valid zip file ({e}); delete it to download again") from None
+    return target
