@@ -1,0 +1,95 @@
+"""Benchmark: a whole dissection next to the bare forward passes it needs, in one run.
+
+The dissection (passes 1 and 2, thumbnails, reports; data generation or loading included) is
+timed end to end after a warm-up run that compiles everything. The bare reference runs the same
+jitted forwards on the same images already in memory: the model twice per image (one forward
+per pass), the segmenter once per image (none for exact labels), and the model once per
+thumbnail image. Prints both and the ratio (goal: at most 1.15).
+
+    python scripts/bench_dissect.py [--model toy_classifier] [--sample-size 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="toy_classifier")
+    p.add_argument("--dataset", default="scenes")
+    p.add_argument("--seg", default=None)
+    p.add_argument("--sample-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    from jaxdissect.dissect import DissectConfig, dissect, pipeline, sources
+
+    out = tempfile.mkdtemp(prefix="bench-dissect-")
+    base = DissectConfig(model=args.model, dataset=args.dataset, seg=args.seg, batch_size=args.batch_size,
+                         progress=False, outdir=out)
+    try:
+        import dataclasses
+
+        dissect(dataclasses.replace(base, sample_size=2 * args.batch_size, outdir=os.path.join(out, "warm")))
+        totals, thumbs = [], 0
+        for r in range(args.repeats):
+            cfg = dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, f"run{r}"))
+            start = time.perf_counter()
+            [result] = dissect(cfg)
+            totals.append(time.perf_counter() - start)
+            top = result.topk_indices[:, :cfg.strip_images]
+            thumbs = len(np.unique(top[top >= 0]))
+
+        setup = pipeline._Setup(dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, "x")))
+        batches = [setup.source.load(r) for r in sources.batch_ranges(len(setup.source), setup.batch_size)]
+        batches = [sources.pad_batch(b, setup.batch_size) for b in batches]
+
+        @jax.jit
+        def model_forward(variables, inputs):
+            out, acts = setup.forward(variables, setup.model_input(inputs))
+            return out, acts
+
+        @jax.jit
+        def seg_forward(inputs, output):
+            return setup.segmenter.segment(setup.seg_images(inputs, output), setup.downsample)
+
+        def bare():
+            for b in batches:  # pass 1 and pass 2 model forwards, the segmenter once
+                jax.block_until_ready(model_forward(setup.model.variables, b.inputs))
+                out, _ = model_forward(setup.model.variables, b.inputs)
+                if setup.segmenter is not None:
+                    jax.block_until_ready(seg_forward(b.inputs, out))
+                jax.block_until_ready(out)
+            for b in batches[: -(-thumbs // setup.batch_size)]:  # thumbnail images
+                jax.block_until_ready(model_forward(setup.model.variables, b.inputs))
+
+        bare()  # compile
+        bare_times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            bare()
+            bare_times.append(time.perf_counter() - start)
+        total, ref = float(np.median(totals)), float(np.median(bare_times))
+        n = len(setup.source)
+        print(f"devices: {jax.devices()}")
+        print(f"{args.model} on {n} samples ({args.dataset}, seg {setup.seg_name}), batch {setup.batch_size}, "
+              f"median of {args.repeats}")
+        print(f"  dissection end to end: {total:8.2f} s ({n / total:.1f} samples/s)")
+        print(f"  bare forwards it needs: {ref:8.2f} s (2 model + {'1 segmenter' if setup.segmenter else 'no segmenter'}"
+              f" per image, {thumbs} thumbnail images)")
+        print(f"  ratio: {total / ref:.3f} (goal <= 1.15)")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
