@@ -21,6 +21,7 @@ class Batch:
     ok: np.ndarray  # (N,) bool: False for padding and unreadable images
     segmentation: np.ndarray | None = None  # (N, L, H, W) int32 ground truth, when the source has it
     errors: dict = dataclasses.field(default_factory=dict)  # index -> message for unreadable samples
+    labels: np.ndarray | None = None  # (N,) int32 class labels, when the source has them
 
 
 class ScenesSource:
@@ -33,13 +34,15 @@ class ScenesSource:
 
         self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size)
         self.labels = self.dataset.labels
+        self.classes = tuple(self.dataset.classes)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def load(self, indices: Sequence[int]) -> Batch:
         b = self.dataset.batch(indices)
-        return Batch(np.asarray(indices, np.int32), b["image"], np.ones(len(indices), bool), b["segmentation"])
+        return Batch(np.asarray(indices, np.int32), b["image"], np.ones(len(indices), bool), b["segmentation"],
+                     labels=b["scene"])
 
 
 class FolderSource:
@@ -53,13 +56,14 @@ class FolderSource:
 
         self.dataset = ImageFolder(root, crop=crop)
         self.size = len(self.dataset) if size is None else min(size, len(self.dataset))
+        self.classes = tuple(self.dataset.classes)
 
     def __len__(self) -> int:
         return self.size
 
     def load(self, indices: Sequence[int]) -> Batch:
         b = self.dataset.batch(indices)
-        return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"])
+        return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"], b["label"])
 
 
 class ZSource:
@@ -91,7 +95,8 @@ def pad_batch(batch: Batch, size: int) -> Batch:
     take = np.concatenate([np.arange(n), np.zeros(size - n, np.int64)])
     ok = np.concatenate([batch.ok, np.zeros(size - n, bool)])
     seg = None if batch.segmentation is None else batch.segmentation[take]
-    return Batch(batch.indices[take], batch.inputs[take], ok, seg, batch.errors)
+    labels = None if batch.labels is None else batch.labels[take]
+    return Batch(batch.indices[take], batch.inputs[take], ok, seg, batch.errors, labels)
 
 
 def batch_ranges(total: int, batch_size: int) -> list[np.ndarray]:
