@@ -82,10 +82,6 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
     return data
 
 
-def _ordered_dict(*args):
-    return collections.OrderedDict(*args)
-
-
 # (module, name) -> what the restricted unpickler returns for it. Nothing else is allowed.
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -161,23 +157,10 @@ def _resolve(obj: Any, storages: Mapping[str, np.ndarray]) -> Any:
     if isinstance(obj, _TensorRef):
         return _materialize(obj, storages)
     if isinstance(obj, dict):
-        return type(obj)((k, _resolve(v, storages)) for k, v in obj.items()) if isinstance(
-            obj, collections.OrderedDict) else {k: _resolve(v, storages) for k, v in obj.items()}
+        return {k: _resolve(v, storages) for k, v in obj.items()}  # insertion order kept
     if isinstance(obj, (list, tuple)):
         return type(obj)(_resolve(v, storages) for v in obj)
     return obj
-
-
-def _collect_refs(obj: Any, out: list) -> list:
-    if isinstance(obj, _TensorRef):
-        out.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _collect_refs(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _collect_refs(v, out)
-    return out
 
 
 def _read_zip(path: str) -> Any:
@@ -243,13 +226,14 @@ def _read_legacy(path: str, f: BinaryIO) -> Any:
         if len(header) < 8:
             raise PthReadError(f"{path}: file is truncated (storage {key!r} header)")
         (numel,) = struct.unpack("<q" if little else ">q", header)
-        dtype = ref.dtype if ref is not None else np.dtype("u1")
-        dtype = dtype if little else dtype.newbyteorder(">")
+        if ref is None:
+            raise PthReadError(f"{path}: stored storage {key!r} is not referenced by the checkpoint")
+        dtype = ref.dtype if little else ref.dtype.newbyteorder(">")
         nbytes = numel * dtype.itemsize
         if numel < 0 or nbytes > 1 << 40:
             raise PthReadError(f"{path}: storage {key!r} has an invalid element count {numel}")
         buf = np.empty(numel, dtype=dtype)
-        got = f.readinto(memoryview(buf).cast("B")) if nbytes else 0
+        got = f.readinto(buf.view(np.uint8)) if nbytes else 0
         if got != nbytes:
             raise PthReadError(f"{path}: file is truncated (storage {key!r}: {got} of {nbytes} bytes)")
         storages[key] = buf

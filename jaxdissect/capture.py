@@ -1,0 +1,171 @@
+"""Run a model with some layers captured and some layers edited, in one jitted call.
+
+Layers are named by their dotted Flax module path ('features.conv5_3'); a layer's value is its
+module's `__call__` output. Capturing uses `capture_intermediates` with a filter on that path,
+so unrequested layers are never kept. An edit is a pytree with `__call__(self, x) -> x`
+(e.g. a flax.struct.dataclass holding a unit mask): it is applied to its layer's output through
+`nn.intercept_methods`, entered inside the jitted function, and its arrays are traced jit
+arguments, so one compilation serves every edit of the same structure and shapes. A plain
+function is also accepted as an edit; it is static (a new function object compiles anew).
+Captured values show the edits.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdissect.models.registry import LoadedModel
+
+_COMPILED: dict[Any, Callable] = {}
+_VALID_NAMES: dict[Any, tuple[str, ...]] = {}
+
+
+def _dotted(module: nn.Module) -> str:
+    return ".".join(module.path)
+
+
+def _example_input(model: LoadedModel) -> jax.ShapeDtypeStruct:
+    """A batch-of-one abstract input: (1, z_dim) for generators, (1, H, W, 3) for image models."""
+    if model.kind == "generator":
+        return jax.ShapeDtypeStruct((1, int(model.config["z_dim"])), jnp.float32)
+    if model.input_size is None:
+        raise ValueError(f"model {model.name!r} has no input_size; pass an example input")
+    return jax.ShapeDtypeStruct((1, *map(int, model.input_size), 3), jnp.float32)
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+def _paths_with_call(tree: Mapping, prefix: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if key == "__call__":
+            if prefix:
+                out.append(".".join(prefix))
+        elif isinstance(value, Mapping):
+            out.extend(_paths_with_call(value, prefix + (key,)))
+    return out
+
+
+def valid_layer_names(model: LoadedModel, x: Any = None) -> tuple[str, ...]:
+    """Every dotted module path that a forward pass calls (a dry run via eval_shape, cached per module)."""
+    if model.module not in _VALID_NAMES:
+        example = _example_input(model) if x is None else _abstract(x)
+
+        def dry(variables, x):
+            _, state = model.module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+            return state
+
+        state = jax.eval_shape(dry, model.variables, example)
+        _VALID_NAMES[model.module] = tuple(_paths_with_call(state.get("intermediates", {})))
+    return _VALID_NAMES[model.module]
+
+
+def _check_names(model: LoadedModel, names: Sequence[str], what: str, x: Any) -> None:
+    valid = valid_layer_names(model, x)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown layer name(s) {unknown} to {what} in model {model.name!r}; dissectable layers: "
+            f"{', '.join(model.layer_names)}; all valid names: {', '.join(valid)}")
+
+
+def _is_static_edit(edit: Any) -> bool:
+    """A plain function (a pytree leaf that is callable) is a static edit; anything else is traced."""
+    leaves = jax.tree_util.tree_leaves(edit)
+    return len(leaves) == 1 and leaves[0] is edit and callable(edit)
+
+
+def _get_captured(intermediates: Mapping, name: str) -> Any:
+    node = intermediates
+    for part in name.split("."):
+        node = node[part]
+    return node["__call__"][-1]  # a module called several times: its last output, as a hook would keep
+
+
+def capture_fn(module: nn.Module, layers: Sequence[str] = (),
+               static_edits: Sequence[tuple[str, Callable]] = ()) -> Callable:
+    """The jitted `(variables, x, traced_edits) -> (output, {layer: value})` that `capture` uses,
+    for composing into other jitted code; names are not checked here (see valid_layer_names)."""
+    layers = tuple(layers)
+    static_edits = tuple(static_edits)
+    wanted = frozenset(layers)
+
+    def run(variables, x, traced_edits):
+        edits = {**dict(static_edits), **traced_edits}
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if edits and context.method_name == "__call__":
+                edit = edits.get(_dotted(context.module))
+                if edit is not None:
+                    out = edit(out)
+            return out
+
+        with nn.intercept_methods(interceptor):
+            if not wanted:
+                return module.apply(variables, x), {}
+            y, state = module.apply(
+                variables, x, mutable=["intermediates"],
+                capture_intermediates=lambda mdl, method: method == "__call__" and _dotted(mdl) in wanted)
+        inter = state["intermediates"]
+        return y, {name: _get_captured(inter, name) for name in layers}
+
+    return jax.jit(run)
+
+
+_build = capture_fn  # the name some callers used first
+
+
+def capture(model: LoadedModel, x: Any, layers: Sequence[str] | str = (),
+            edits: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, jax.Array]]:
+    """Run `model` on `x` (already normalized as model.normalization says); return
+    (output, {layer: value}) for the requested layers, with `edits` ({layer: edit}) applied."""
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    edits = dict(edits or {})
+    _check_names(model, layers, "capture", x)
+    _check_names(model, tuple(edits), "edit", x)
+    static = tuple(sorted(((k, e) for k, e in edits.items() if _is_static_edit(e)), key=lambda kv: kv[0]))
+    traced = {k: e for k, e in edits.items() if not _is_static_edit(e)}
+    key = (model.module, layers, jax.tree.structure(traced), static)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        fn = _COMPILED[key] = capture_fn(model.module, layers, static)
+    return fn(model.variables, x, traced)
+
+
+def layer_shapes(model: LoadedModel, layers: Sequence[str] | str | None = None,
+                 x: Any = None) -> dict[str, tuple[int, ...]]:
+    """Shapes of the given layers (default: model.layer_names) for input `x` (default: a batch
+    of one at the model's input size), computed with eval_shape (nothing is run)."""
+    layers = model.layer_names if layers is None else ((layers,) if isinstance(layers, str) else tuple(layers))
+    example = _example_input(model) if x is None else _abstract(x)
+    _check_names(model, layers, "capture", example)
+    fn = capture_fn(model.module, tuple(layers))
+    _, acts = jax.eval_shape(fn, model.variables, example, {})
+    return {name: tuple(a.shape) for name, a in acts.items()}
+
+
+def clear_caches() -> None:
+    """Forget compiled functions and layer-name lists (e.g. after redefining a module class)."""
+    _COMPILED.clear()
+    _VALID_NAMES.clear()
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `jaxdissect.capture(model, x, ...)` call the function despite the module's name,
+    while `jaxdissect.capture.layer_shapes` etc. stay reachable."""
+
+    def __call__(self, *args, **kwargs):
+        return capture(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["capture", "capture_fn", "layer_shapes", "valid_layer_names", "clear_caches"]

@@ -1,0 +1,142 @@
+"""`load(name, weights=None)`: a registered model with its weights, ready to run.
+
+Weights come from the package (embedded models), the converted-weights cache (converting the
+official checkpoint on first use), a weights folder, or a `.pth` file. Extra model modules
+(user or test models) register themselves when named in $JAXDISSECT_EXTRA_MODELS
+(comma-separated module paths) or passed to `register_extra_models`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.resources
+import os
+import pathlib
+from typing import Any, Iterable
+
+from jaxdissect.models import registry
+from jaxdissect.models.registry import LoadedModel, ModelSpec
+
+EXTRA_MODELS_ENV = "JAXDISSECT_EXTRA_MODELS"
+_imported_extras: set[str] = set()
+
+
+def register_extra_models(modules: Iterable[str] | None = None) -> None:
+    """Import model modules that call `registry.register` (default: those in $JAXDISSECT_EXTRA_MODELS)."""
+    if modules is None:
+        modules = os.environ.get(EXTRA_MODELS_ENV, "").split(",")
+    for mod in (m.strip() for m in modules):
+        if not mod or mod in _imported_extras:
+            continue
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise ImportError(f"cannot import model module {mod!r} (from --register or ${EXTRA_MODELS_ENV}): {e}") from e
+        _imported_extras.add(mod)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec of `name` (built-in or extra models); KeyError lists known names."""
+    register_extra_models()
+    return registry.get_spec(name)
+
+
+def available() -> list[str]:
+    """Names of every registered model, extra models included."""
+    register_extra_models()
+    return registry.available()
+
+
+@functools.lru_cache(maxsize=None)
+def places365_labels() -> tuple[str, ...]:
+    """The 365 Places365 class names in class-index order ('airfield', ..., 'zen_garden');
+    sub-categories are joined with '-' ('volleyball_court-outdoor')."""
+    text = importlib.resources.files("jaxdissect.models").joinpath("places365_labels.txt").read_text()
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) != 365:
+        raise ValueError(f"places365_labels.txt holds {len(names)} names, expected 365")
+    return names
+
+
+def _package_dir() -> pathlib.Path:
+    import jaxdissect
+
+    return pathlib.Path(jaxdissect.__file__).resolve().parent
+
+
+def _load_folder(spec: ModelSpec, folder: str | os.PathLike) -> tuple[Any, dict]:
+    """Variables and config from a weights folder, checked against the module's shapes."""
+    from jaxdissect.models.weights_io import load_weights
+    from weight_conversion.convert import check_variables, expected_variables
+
+    variables, config, meta = load_weights(folder)
+    if meta.get("model") not in (None, spec.name):
+        raise ValueError(f"weights folder {os.fspath(folder)!r} holds model {meta.get('model')!r}, not {spec.name!r}")
+    config = {**dict(spec.default_config), **config}
+    variables = check_variables(spec.name, variables, expected_variables(spec, config))
+    return variables, config
+
+
+def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
+    from jaxdissect.models.weights_io import META_FILE
+    from weight_conversion import cache
+    from weight_conversion.convert import convert_checkpoint
+
+    if spec.packaged_weights:
+        return _load_folder(spec, _package_dir() / spec.packaged_weights)
+    if spec.convert is None:
+        raise ValueError(f"model {spec.name!r} has no packaged weights and no checkpoint to convert; "
+                         "pass weights=DIR")
+    folder = cache.weights_dir(spec.name)
+    if not (folder / META_FILE).is_file():
+        convert_checkpoint(spec.name, out_dir=folder)
+    return _load_folder(spec, folder)
+
+
+def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any, dict]:
+    from jaxdissect.models.weights_io import META_FILE
+    from weight_conversion import cache
+    from weight_conversion.convert import convert_checkpoint, convert_state
+    from weight_conversion.download import file_hashes
+    from weight_conversion.pth_reader import read_pth
+
+    if not cache_converted:
+        return convert_state(spec, read_pth(path))
+    _, sha256 = file_hashes(path)
+    folder = cache.weights_dir(f"{spec.name}-{sha256[:16]}")
+    if not (folder / META_FILE).is_file():
+        convert_checkpoint(spec.name, path, out_dir=folder)
+    return _load_folder(spec, folder)
+
+
+def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = True) -> LoadedModel:
+    """The model `name` with its weights, as a frozen LoadedModel.
+
+    weights=None: the packaged weights, or the converted official checkpoint (downloaded and
+    converted into the cache on first use). weights=DIR: a weights folder (weights_io format).
+    weights=FILE.pth: converted into the cache under the file's hash (or in memory with
+    cache=False).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    spec = get_spec(name)
+    if weights is None:
+        variables, config = _default_weights(spec)
+    else:
+        path = os.fspath(weights)
+        if os.path.isdir(path):
+            variables, config = _load_folder(spec, path)
+        elif os.path.isfile(path):
+            variables, config = _pth_weights(spec, path, cache)
+        else:
+            raise FileNotFoundError(f"weights {path!r} for model {name!r}: no such file or folder")
+    labels = tuple(spec.labels()) if spec.labels is not None else None
+    return LoadedModel(
+        name=spec.name, kind=spec.kind, module=spec.build(config),
+        variables=jax.tree.map(jnp.asarray, variables), config=config,
+        input_size=spec.input_size, normalization=spec.normalization,
+        default_layer=spec.default_layer, layer_names=tuple(spec.layer_names), labels=labels)
+
+
+__all__ = ["load", "get_spec", "available", "register_extra_models", "places365_labels"]

@@ -1,0 +1,117 @@
+"""Checkpoint conversion: a registered model's `.pth` (downloaded or given) -> a weights folder.
+
+read_pth -> spec.config_from_torch -> spec.convert (the key map) -> a check of every converted
+array against the shapes `module.init` would create -> weights_io.save_weights.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from weight_conversion import cache
+from weight_conversion.download import check_hash, download, file_hashes
+from weight_conversion.errors import DownloadError, KeyMapError
+from weight_conversion.pth_reader import read_pth
+
+if TYPE_CHECKING:  # the registry imports jax; keep read_pth's import path light
+    from jaxdissect.models.registry import ModelSpec
+
+
+def example_input(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
+    """An abstract input batch of one for `spec`'s module: (1, z_dim) for generators, else (1, H, W, 3)."""
+    import jax
+    import jax.numpy as jnp
+
+    if spec.kind == "generator":
+        z_dim = config.get("z_dim")
+        if not z_dim:
+            raise ValueError(f"model {spec.name!r}: generator config has no 'z_dim': {dict(config)}")
+        return jax.ShapeDtypeStruct((1, int(z_dim)), jnp.float32)
+    if spec.input_size is None:
+        raise ValueError(f"model {spec.name!r} has no input_size to build an example input")
+    h, w = spec.input_size
+    return jax.ShapeDtypeStruct((1, int(h), int(w), 3), jnp.float32)
+
+
+def expected_variables(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
+    """The variable tree (of jax.ShapeDtypeStruct) `module.init` creates, without computing it."""
+    import jax
+
+    module = spec.build(config)
+    key = jax.random.key(0)
+    return jax.eval_shape(lambda x: module.init({"params": key, "dropout": key}, x),
+                          example_input(spec, config))
+
+
+def check_variables(name: str, variables: Any, expected: Any) -> dict:
+    """Compare a converted tree with the expected one; return it with the expected dtypes.
+
+    Raises KeyMapError naming every missing, unexpected and mis-shaped variable path.
+    """
+    from flax import traverse_util
+    from flax.core import unfreeze
+
+    got = traverse_util.flatten_dict(unfreeze(variables), sep="/")
+    want = traverse_util.flatten_dict(unfreeze(expected), sep="/")
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    misshaped = [f"{k}: converted {tuple(np.shape(got[k]))}, module expects {tuple(want[k].shape)}"
+                 for k in sorted(set(got) & set(want)) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(unexpected))
+        if misshaped:
+            parts.append("mis-shaped: " + "; ".join(misshaped))
+        raise KeyMapError(f"converted variables of {name!r} do not fit its module ({' | '.join(parts)})")
+    flat = {k: np.asarray(v, dtype=want[k].dtype) for k, v in got.items()}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def convert_state(spec: ModelSpec, state: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """(variables, config) for a state dict already read into numpy, checked against the module."""
+    if spec.convert is None:
+        raise ValueError(f"model {spec.name!r} has no key map: it cannot be converted from a .pth file")
+    config = dict(spec.config_from_torch(state)) if spec.config_from_torch else dict(spec.default_config)
+    variables = spec.convert(state, config)
+    return check_variables(spec.name, variables, expected_variables(spec, config)), config
+
+
+def fetch_checkpoint(spec: ModelSpec) -> str:
+    """The model's official .pth in the cache, downloading (and verifying) it when absent."""
+    if not spec.url:
+        raise ValueError(f"model {spec.name!r} has no published checkpoint URL; pass a .pth file "
+                         "(--pth FILE or weights=FILE)")
+    path = cache.download_path(spec.url)
+    if path.is_file():  # downloaded before, or put there by hand
+        problem = check_hash(path, spec.md5, spec.sha256_prefix)
+        if problem is None:
+            return str(path)
+        raise DownloadError(f"{path} does not match the checksum of {spec.url} ({problem}); delete it to "
+                            "download it again, or pass it with --pth FILE / weights=FILE to convert it unchecked")
+    return download(spec.url, path, md5=spec.md5, sha256_prefix=spec.sha256_prefix)
+
+
+def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = None,
+                       out_dir: str | os.PathLike | None = None) -> str:
+    """Convert `model_name`'s checkpoint (the official one when `pth_path` is None) into a
+    weights folder (default <cache>/weights/<model_name>); returns the folder path."""
+    from jaxdissect.models.loading import get_spec
+    from jaxdissect.models.weights_io import save_weights
+
+    spec = get_spec(model_name)
+    source_url = None
+    if pth_path is None:
+        pth_path, source_url = fetch_checkpoint(spec), spec.url
+    pth_path = os.fspath(pth_path)
+    state = read_pth(pth_path)
+    variables, config = convert_state(spec, state)
+    out_dir = os.fspath(out_dir) if out_dir is not None else str(cache.weights_dir(model_name))
+    _, sha256 = file_hashes(pth_path)
+    save_weights(out_dir, model_name, variables, config, source=os.path.basename(pth_path),
+                 source_sha256=sha256, source_url=source_url)
+    return out_dir
