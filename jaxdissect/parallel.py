@@ -39,3 +39,73 @@ def padded_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
     """The smallest multiple of the device count that holds `batch_size` samples."""
     n = mesh.size
     return -(-batch_size // n) * n
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, auto: bool = False) -> bool:
+    """Join a multi-process run when asked to; returns True if jax.distributed was initialized.
+
+    Explicit arguments win; otherwise JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID are read from the environment. `auto` lets JAX detect the cluster (TPU pod
+    slices, SLURM, Open MPI). With none of these, nothing happens: one process, local devices."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if coordinator is None and not auto:
+        return False
+    if coordinator is not None and (num_processes is None or process_id is None) and not auto:
+        raise ValueError("a multi-process run needs the coordinator address, the number of processes and "
+                         "this process's id (flags or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def is_primary() -> bool:
+    """True on the process that writes results (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def local_rows(mesh: jax.sharding.Mesh, global_rows: int) -> list[tuple[Any, np.ndarray]]:
+    """For each device of this process, in mesh order, the rows of a global batch it holds."""
+    sharding = jax.sharding.NamedSharding(mesh, P(DATA_AXIS))
+    index_map = sharding.addressable_devices_indices_map((global_rows,))
+    order = {d: i for i, d in enumerate(mesh.devices.flat)}
+    out = []
+    for device in sorted(index_map, key=order.__getitem__):
+        sl = index_map[device][0]
+        out.append((device, np.arange(global_rows)[sl]))
+    return out
+
+
+def assemble(mesh: jax.sharding.Mesh, rows: list[tuple[Any, np.ndarray]], local: np.ndarray,
+             global_rows: int) -> jax.Array:
+    """A global array split along the data axis from this process's rows (`local`, ordered as
+    `rows`): each process passes only what its own devices hold."""
+    sharding = jax.sharding.NamedSharding(mesh, P(DATA_AXIS))
+    pieces, start = [], 0
+    for device, r in rows:
+        pieces.append(jax.device_put(local[start:start + len(r)], device))
+        start += len(r)
+    return jax.make_array_from_single_device_arrays((global_rows,) + local.shape[1:], sharding, pieces)
+
+
+def to_host(tree: Any) -> Any:
+    """Replicated arrays -> numpy on every process (reads this process's own copy)."""
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(a)
+
+    return jax.tree.map(get, tree)

@@ -50,9 +50,10 @@ def test_outputs_written(planted_run):
     assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
 
 
-def test_four_devices_give_identical_results(planted_run, tmp_path):
+@pytest.mark.parametrize("devices", [4, pytest.param(2, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
+def test_device_count_gives_identical_results(planted_run, tmp_path, devices):
     _, one = planted_run
-    [four] = dissect(config(tmp_path, devices=4), model=planted_model(), source=EncodedScenes(size=40))
+    [four] = dissect(config(tmp_path, devices=devices), model=planted_model(), source=EncodedScenes(size=40))
     np.testing.assert_array_equal(four.best_label, one.best_label)
     np.testing.assert_allclose(four.iou, one.iou, atol=1e-6)
     np.testing.assert_array_equal(four.thresholds, one.thresholds)

@@ -157,9 +157,9 @@ def make_segmenter(seg: str, source):
 
 def _capture_function(model, layers):
     """(variables, x) -> (output, {layer: activations}), traceable inside other jitted code."""
-    from jaxdissect.capture import _build
+    from jaxdissect.capture import capture_fn
 
-    run = _build(model.module, tuple(layers), ())
+    run = capture_fn(model.module, tuple(layers))
     return lambda variables, x: run(variables, x, {})
 
 
@@ -225,14 +225,24 @@ class _Setup:
 
 
 def _progress(config, total, desc):
-    return tqdm(total=total, desc=desc, unit="img", disable=not config.progress, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", disable=not (config.progress and parallel.is_primary()),
+                dynamic_ncols=True)
+
+
+def _save_checkpoint(setup: _Setup, name: str, merged: dict, progress: dict) -> None:
+    """Process 0 writes the merged states; every process waits for it."""
+    if parallel.is_primary():
+        runstate.save_pass(setup.dirs[setup.layers[0]], name, merged, progress)
+    parallel.barrier(f"checkpoint-{name}-{progress['batches_done']}")
 
 
 def _run_pass(setup: _Setup, name: str, per_device, empty: dict, replicated: Any, with_truth: bool,
               fingerprint: dict, desc: str) -> tuple[dict, dict]:
-    """Run one pass over all batches with resume; returns (merged states per key, skipped errors)."""
-    cfg, primary = setup.config, setup.dirs[setup.layers[0]]
-    ndev = setup.mesh.size
+    """Run one pass over all batches with resume; returns (merged states per key, skipped errors).
+
+    Every process loads only the rows of each global batch that its own devices hold; the
+    per-device states merge with collectives at checkpoints and at the end."""
+    cfg, primary, mesh = setup.config, setup.dirs[setup.layers[0]], setup.mesh
     fingerprint = {**fingerprint, "sample_size": len(setup.source), "batch_size": setup.batch_size}
     start, errors = 0, {}
     resumed = runstate.load_pass(primary, name, empty)
@@ -242,27 +252,45 @@ def _run_pass(setup: _Setup, name: str, per_device, empty: dict, replicated: Any
         if progress.get("fingerprint") == fingerprint:
             states, start = saved, int(progress["batches_done"])
             errors = {int(k): v for k, v in progress.get("errors", {}).items()}
-        else:
-            runstate.clear_pass(primary, name)
-    stacked = {k: steps.replicate_first(states[k], empty[k], ndev) for k in empty}
-    stacked = jax.device_put(stacked, jax.sharding.NamedSharding(setup.mesh, parallel.P(parallel.DATA_AXIS)))
-    step = steps.sharded_pass(per_device, setup.mesh, 4 if with_truth else 3)
-    done_images = sum(len(r) for r in setup.ranges[:start])
+    stacked = {k: steps.place_first(states[k], empty[k], mesh) for k in empty}
+    step = steps.sharded_pass(per_device, mesh, 4 if with_truth else 3)
+    rows = parallel.local_rows(mesh, setup.batch_size)
+    positions = np.concatenate([r for _, r in rows])
     bar = _progress(cfg, len(setup.source), desc)
-    bar.update(done_images)
-    for b, batch in enumerate(sources.prefetch(setup.source, setup.ranges[start:], setup.batch_size), start):
+    bar.update(sum(len(r) for r in setup.ranges[:start]))
+    for b, batch in enumerate(sources.prefetch(setup.source, setup.ranges[start:], positions), start):
         errors.update(batch.errors)
         args = [batch.inputs, batch.indices, batch.ok]
         if with_truth:
             args.append(setup.ground_truth(batch))
-        stacked = step(stacked, replicated, *parallel.shard_batch(setup.mesh, *args))
+        args = [parallel.assemble(mesh, rows, a, setup.batch_size) for a in args]
+        stacked = step(stacked, replicated, *args)
         bar.update(int(len(setup.ranges[b])))
         if (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(setup.ranges):
-            merged = {k: steps.unstack_merge(v) for k, v in stacked.items()}
-            runstate.save_pass(primary, name, merged, {"batches_done": b + 1, "fingerprint": fingerprint,
-                                                         "errors": {str(k): v for k, v in errors.items()}})
+            merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+            _save_checkpoint(setup, name, merged, {"batches_done": b + 1, "fingerprint": fingerprint,
+                                                  "errors": _gather_errors(errors, f"{name}-{b}")})
     bar.close()
-    return {k: steps.unstack_merge(v) for k, v in stacked.items()}, errors
+    return parallel.to_host(steps.merge_over_mesh(stacked, mesh)), _gather_errors(errors, f"{name}-end")
+
+
+def _gather_errors(errors: dict, tag: str) -> dict:
+    """Every process's unreadable-sample messages, on every process (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return {str(k): v for k, v in errors.items()}
+    import json
+
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps({str(k): v for k, v in errors.items()}).encode(), np.uint8)
+    size = multihost_utils.process_allgather(np.array([len(blob)]))
+    padded = np.zeros(int(size.max()), np.uint8)
+    padded[:len(blob)] = blob
+    every = multihost_utils.process_allgather(padded)
+    out = {}
+    for n, row in zip(np.asarray(size).reshape(-1), np.asarray(every).reshape(len(size), -1)):
+        out.update(json.loads(bytes(row[:n]).decode()))
+    return out
 
 
 def _stats_path(setup, layer, what):
@@ -289,15 +317,14 @@ def pass_activation_stats(setup: _Setup) -> dict:
     fingerprint = {"pass": 1, "layers": list(setup.layers), "resolution": cfg.resolution, "topk": cfg.topk}
     merged, errors = _run_pass(setup, "pass1", per_device, empty, setup.variables, False, fingerprint,
                                "pass 1/2: quantiles, top-k")
-    setup.errors = errors
-    out = {}
-    for l in setup.layers:
-        stats.save(_stats_path(setup, l, "topk"), merged[l].topk)
-        stats.save(_stats_path(setup, l, "quantiles"), merged[l].quantiles)
-        out[l] = (merged[l].quantiles, merged[l].topk)
-    _save_errors(setup, errors)
-    runstate.clear_pass(setup.dirs[setup.layers[0]], "pass1")
-    return out
+    if parallel.is_primary():
+        for l in setup.layers:
+            stats.save(_stats_path(setup, l, "topk"), merged[l].topk)
+            stats.save(_stats_path(setup, l, "quantiles"), merged[l].quantiles)
+        _save_errors(setup, errors)
+        runstate.clear_pass(setup.dirs[setup.layers[0]], "pass1")
+    parallel.barrier("pass1-saved")
+    return {l: (merged[l].quantiles, merged[l].topk) for l in setup.layers}
 
 
 def pass_iou(setup: _Setup, thresholds: dict) -> dict:
@@ -319,9 +346,11 @@ def pass_iou(setup: _Setup, thresholds: dict) -> dict:
                    "thresholds": {l: float(np.asarray(t, np.float64).sum()) for l, t in thresholds.items()}}
     merged, _ = _run_pass(setup, "pass2", per_device, empty, parallel.replicate(setup.mesh, (setup.model.variables, thr)),
                           truth, fingerprint, "pass 2/2: IoU")
-    for l in setup.layers:
-        stats.save(_stats_path(setup, l, "iou"), merged[l])
-    runstate.clear_pass(setup.dirs[setup.layers[0]], "pass2")
+    if parallel.is_primary():
+        for l in setup.layers:
+            stats.save(_stats_path(setup, l, "iou"), merged[l])
+        runstate.clear_pass(setup.dirs[setup.layers[0]], "pass2")
+    parallel.barrier("pass2-saved")
     return merged
 
 
@@ -332,7 +361,7 @@ def _save_errors(setup, errors: dict) -> None:
 
     for l in setup.layers:
         atomic_write_text(os.path.join(setup.dirs[l], "skipped_images.json"),
-                          json.dumps({str(k): v for k, v in sorted(errors.items())}, indent=1))
+                          json.dumps(dict(sorted(errors.items(), key=lambda kv: int(kv[0]))), indent=1))
 
 
 def _load_errors(directory) -> dict:
@@ -362,9 +391,12 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
     start = time.perf_counter()
     setup = _Setup(config, model, source, segmenter)
     pending = [l for l in setup.layers if not runstate.is_done(setup.dirs[l])]
+    primary = parallel.is_primary()
     with ExitStack() as stack:
-        for l in setup.layers:
-            stack.enter_context(runstate.ExclusiveRun(setup.dirs[l]))
+        if primary:
+            for l in setup.layers:
+                stack.enter_context(runstate.ExclusiveRun(setup.dirs[l]))
+        parallel.barrier("dissect-locked")
         act_stats = pass_activation_stats(setup)
         thresholds = {l: np.asarray(q.quantiles([1.0 - config.quantile])[:, 0]) for l, (q, _) in act_stats.items()}
         for l, (q, _) in act_stats.items():
@@ -380,7 +412,7 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
             _, top_idx = act_stats[l][1].result()
             result = LayerResult(l, setup.dirs[l], thresholds[l], iou, best, best_iou, np.asarray(top_idx),
                                  setup.labels.names, setup.labels.categories)
-            if l in pending:
+            if l in pending and primary:
                 write_layer_outputs(setup, result, _load_errors(setup.dirs[l]))
             results.append(result)
         elapsed = time.perf_counter() - start
@@ -390,8 +422,9 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
             summary = (f"{setup.model.name} {r.layer}: {len(setup.source)} samples, {int(labelled.sum())} of "
                        f"{len(labelled)} units labelled with IoU > {config.miniou} ({concepts} concepts), "
                        f"{elapsed:.0f} s -> {os.path.join(r.directory, 'report.html')}")
-            if r.layer in pending:
+            if r.layer in pending and primary:
                 runstate.mark_done(r.directory, summary)
-            if config.progress:
+            if config.progress and primary:
                 print(summary)
+        parallel.barrier("dissect-done")
     return results

@@ -85,6 +85,16 @@ class ZSource:
         return Batch(idx.astype(np.int32), self.z[idx], np.ones(len(idx), bool))
 
 
+def local_batch(source: Any, indices: np.ndarray, positions: np.ndarray) -> Batch:
+    """The rows `positions` of a global batch made of `indices` (positions past the end are padding:
+    a real sample, marked not ok)."""
+    valid = positions < len(indices)
+    wanted = np.where(valid, indices[np.minimum(positions, len(indices) - 1)], indices[0])
+    batch = source.load(wanted)
+    batch.ok = batch.ok & valid
+    return batch
+
+
 def pad_batch(batch: Batch, size: int) -> Batch:
     """Pad a short batch to `size` rows by repeating its first row, marked not ok."""
     n = len(batch.indices)
@@ -104,14 +114,15 @@ def batch_ranges(total: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
 
 
-def prefetch(source: Any, ranges: Sequence[np.ndarray], pad_to: int, depth: int = 2):
-    """Yield padded batches, loading the next ones in a background thread while the device works."""
+def prefetch(source: Any, ranges: Sequence[np.ndarray], positions: np.ndarray, depth: int = 2):
+    """Yield this process's part (`positions` of each global batch) of the batches `ranges`,
+    loading the next ones in a background thread while the devices work."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(source.load, r) for r in ranges[:depth]]
+        futures = [pool.submit(local_batch, source, r, positions) for r in ranges[:depth]]
         for i in range(len(ranges)):
             batch = futures[i].result()
             if i + depth < len(ranges):
-                futures.append(pool.submit(source.load, ranges[i + depth]))
-            yield pad_batch(batch, pad_to)
+                futures.append(pool.submit(local_batch, source, ranges[i + depth], positions))
+            yield batch

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxdissect.stats import IoUTally, QuantileSketch, TopK
@@ -60,24 +61,39 @@ def update_iou(state: IoUTally, acts: jax.Array, upsample: Upsampler, thresholds
     return state.update(unit_indicator(acts, upsample, thresholds), segmentation, mask)
 
 
-def stack_states(states: list) -> Any:
-    """Per-device states -> one pytree with a leading device axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+def merge_over_mesh(stacked: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Per-device states (leading device axis) -> their merge, replicated on every device, with
+    the states' own collectives (psum for counts, pmin/pmax for extremes, gathers for top-k)."""
+
+    def body(state):
+        local = jax.tree.map(lambda a: a[0], state, is_leaf=lambda x: x is None)
+        return jax.tree.map(lambda s: s.all_reduce("data"), local, is_leaf=_is_state)
+
+    fn = jax.shard_map(body, mesh=mesh, in_specs=P("data"), out_specs=P(), check_vma=False)
+    return jax.jit(fn)(stacked)
 
 
-def unstack_merge(stacked: Any) -> Any:
-    """A pytree with a leading device axis -> the merge of its per-device states."""
-    n = jax.tree.leaves(stacked)[0].shape[0]
-    parts = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)]
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.merge(p)
-    return out
+def _is_state(x) -> bool:
+    return hasattr(x, "all_reduce")
 
 
-def replicate_first(state: Any, empty: Any, num_devices: int) -> Any:
-    """A stacked state whose device 0 holds `state` and the others `empty` (merge-neutral)."""
-    return stack_states([state] + [empty] * (num_devices - 1))
+def place_first(state: Any, empty: Any, mesh: jax.sharding.Mesh) -> Any:
+    """A per-device state array (leading device axis, split over the mesh) whose first device holds
+    `state` and every other device `empty` (merge-neutral). Works across processes: each builds
+    only its own devices' parts."""
+    sharding = jax.sharding.NamedSharding(mesh, P("data"))
+    n = mesh.size
+
+    def leaf(s, e):
+        s, e = np.asarray(s), np.asarray(e)
+
+        def part(index):
+            first = index[0].start or 0
+            return (s if first == 0 else e)[None]
+
+        return jax.make_array_from_callback((n,) + s.shape, sharding, part)
+
+    return jax.tree.map(leaf, state, empty)
 
 
 def sharded_pass(per_device: Callable, mesh: jax.sharding.Mesh, num_batch_args: int) -> Callable:

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.stats.io import local_checkpointer
 
 META_FILE = "meta.json"
 STATE_DIR = "variables"
@@ -22,7 +22,7 @@ def save_weights(directory: str | os.PathLike, name: str, variables: Any,
     """Write variables + meta atomically: build in a temporary sibling folder, then rename."""
     with atomic_directory(directory) as tmp:
         tree = jax.tree.map(np.asarray, variables)
-        with ocp.StandardCheckpointer() as ckpt:
+        with local_checkpointer() as ckpt:
             ckpt.save(os.path.join(tmp, STATE_DIR), tree)
             ckpt.wait_until_finished()
         with open(os.path.join(tmp, META_FILE), "w") as f:
@@ -46,6 +46,6 @@ def load_weights(directory: str | os.PathLike) -> tuple[Any, dict, dict]:
     """Return (variables as numpy arrays, module config, meta) from a weights folder."""
     meta = read_meta(directory)
     directory = existing_version(directory)
-    with ocp.StandardCheckpointer() as ckpt:
+    with local_checkpointer() as ckpt:
         variables = ckpt.restore(os.path.join(os.path.abspath(os.fspath(directory)), STATE_DIR))
     return variables, dict(meta.get("config", {})), meta

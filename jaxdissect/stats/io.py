@@ -19,6 +19,14 @@ _META = "meta.json"
 _ARRAYS = "arrays"
 
 
+def local_checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer for this process alone: in a multi-process run the files here are
+    written by process 0 and read by each process on its own, so no cross-process barrier."""
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
+
+
 def _classes() -> dict:
     from jaxdissect.stats import counts, moments, quantile, topk
 
@@ -44,7 +52,7 @@ def save(path: str | os.PathLike, state) -> None:
         raise TypeError(f"save: {name} is not a jaxdissect.stats state")
     arrays, static = _split_fields(state)
     with atomic_directory(path) as tmp:
-        with ocp.StandardCheckpointer() as ckpt:
+        with local_checkpointer() as ckpt:
             ckpt.save(os.path.join(tmp, _ARRAYS), arrays)
             ckpt.wait_until_finished()
         with open(os.path.join(tmp, _META), "w") as f:
@@ -65,7 +73,7 @@ def load(path: str | os.PathLike):
         cls = _classes()[meta["class"]]
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{path!r} is not a saved jaxdissect.stats state ({e})") from None
-    with ocp.StandardCheckpointer() as ckpt:
+    with local_checkpointer() as ckpt:
         arrays = ckpt.restore(os.path.join(os.path.abspath(path), _ARRAYS))
     for k, shape in meta.get("shapes", {}).items():
         if list(np.shape(arrays[k])) != shape:

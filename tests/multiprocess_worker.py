@@ -1,0 +1,34 @@
+"""One process of a multi-process dissection (launched by tests/test_multiprocess.py).
+
+usage: multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES OUTDIR KILL_AT RESULT_NPZ
+"""
+import sys
+
+import numpy as np
+
+
+def main():
+    port, pid, nproc, outdir, kill_at, result_path = sys.argv[1:]
+    from jaxdissect import parallel
+
+    if int(nproc) > 1:
+        parallel.initialize_distributed(f"127.0.0.1:{port}", int(nproc), int(pid))
+    from jaxdissect.dissect import DissectConfig, dissect
+    from planted import EncodedScenes, planted_model
+
+    class KilledAt(EncodedScenes):
+        """Every process dies at the batch that reaches sample `kill_at`, like a killed job."""
+
+        def load(self, indices):
+            if int(kill_at) >= 0 and max(int(i) for i in indices) >= int(kill_at):
+                raise SystemExit(17)
+            return super().load(indices)
+
+    cfg = DissectConfig(outdir=outdir, quantile=0.5, batch_size=8, progress=False, checkpoint_every=2,
+                        thumbsize=32, topk=10)
+    [r] = dissect(cfg, model=planted_model(), source=KilledAt(size=40))
+    np.savez(result_path, iou=r.iou, best=r.best_label, thr=r.thresholds, top=r.topk_indices)
+
+
+if __name__ == "__main__":
+    main()

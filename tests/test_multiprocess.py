@@ -1,0 +1,72 @@
+"""Dissection as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1) equals one process,
+and a killed multi-process run resumes on a different device count with the same results."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.slow  # three multi-process launches: about two minutes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc, devices_each, outdir, kill_at, results, timeout=600):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices_each), XLA_FLAGS="", JAX_PLATFORMS="cpu",
+               PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_worker.py"), str(port), str(i),
+                               str(nproc), str(outdir), str(kill_at), str(results[i])], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        outs.append((p.returncode, out))
+    return outs
+
+
+def load(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    [(rc, out)] = launch(1, 1, d / "out", -1, [d / "r.npz"])
+    assert rc == 0, out
+    return load(d / "r.npz")
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a["best"], b["best"])
+    np.testing.assert_allclose(a["iou"], b["iou"], atol=1e-6)
+    np.testing.assert_array_equal(a["thr"], b["thr"])
+    np.testing.assert_array_equal(a["top"], b["top"])
+
+
+def test_two_processes_two_devices_each_equal_one_device(reference, tmp_path):
+    outs = launch(2, 2, tmp_path / "out", -1, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
+    for rc, out in outs:
+        assert rc == 0, out
+    for p in ("p0.npz", "p1.npz"):  # every process returns the merged result
+        assert_same(load(tmp_path / p), reference)
+    written = os.listdir(tmp_path / "out")
+    assert written == ["planted-scenes-scenes-planted-500-t32"]
+
+
+def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_path):
+    outs = launch(2, 2, tmp_path / "out", 33, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
+    assert all(rc != 0 for rc, _ in outs), outs  # both processes died mid-run
+    ckpt = tmp_path / "out" / "planted-scenes-scenes-planted-500-t32" / "checkpoints" / "pass1"
+    assert ckpt.exists()
+    [(rc, out)] = launch(1, 3, tmp_path / "out", -1, [tmp_path / "resumed.npz"])
+    assert rc == 0, out
+    assert_same(load(tmp_path / "resumed.npz"), reference)
