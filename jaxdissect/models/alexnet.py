@@ -62,22 +62,8 @@ def build(config: Mapping[str, Any]) -> AlexNet:
     return AlexNet(num_classes=int(config.get("num_classes", 365)))
 
 
-def _config_from_torch(state):
-    from weight_conversion.keymaps import alexnet as keymap
+_config_from_torch, _convert = registry.lazy_keymap("alexnet")
 
-    return keymap.config_from_torch(state)
-
-
-def _convert(state, config):
-    from weight_conversion.keymaps import alexnet as keymap
-
-    return keymap.convert(state, config)
-
-
-def _labels():
-    from jaxdissect.models import loading
-
-    return loading.places365_labels()
 
 
 SPEC = registry.register(registry.ModelSpec(
@@ -89,7 +75,7 @@ SPEC = registry.register(registry.ModelSpec(
     normalization=registry.IMAGENET_NORMALIZATION,
     default_layer="conv5",
     layer_names=LAYER_NAMES,
-    labels=_labels,
+    labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/alexnet_places365-92864cf6.pth",
     sha256_prefix="92864cf6",
     config_from_torch=_config_from_torch,

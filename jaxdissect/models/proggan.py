@@ -109,16 +109,7 @@ def build(config: Mapping[str, Any]) -> ProgressiveGenerator:
     return ProgressiveGenerator(z_dim=int(config.get("z_dim", 512)), channels=channels)
 
 
-def _config_from_torch(state):
-    from weight_conversion.keymaps import proggan as keymap
-
-    return keymap.config_from_torch(state)
-
-
-def _convert(state, config):
-    from weight_conversion.keymaps import proggan as keymap
-
-    return keymap.convert(state, config)
+_config_from_torch, _convert = registry.lazy_keymap("proggan")
 
 
 # Registered name suffix -> (checkpoint file stem, channels at 4x4, 8x8, ...).

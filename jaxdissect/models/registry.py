@@ -59,6 +59,30 @@ class LoadedModel:
         return self.config.get("z_dim") if self.kind == "generator" else None
 
 
+def lazy_keymap(family: str) -> tuple[Callable, Callable]:
+    """(config_from_torch, convert) of weight_conversion.keymaps.<family>, imported on first use
+    (so that listing models imports no conversion code)."""
+    import importlib
+
+    def keymap():
+        return importlib.import_module(f"weight_conversion.keymaps.{family}")
+
+    def config_from_torch(state):
+        return keymap().config_from_torch(state)
+
+    def convert(state, config):
+        return keymap().convert(state, config)
+
+    return config_from_torch, convert
+
+
+def places365_labels() -> Sequence[str]:
+    """The 365 Places class names (read on first use)."""
+    from jaxdissect.models import loading
+
+    return loading.places365_labels()
+
+
 _REGISTRY: dict[str, ModelSpec] = {}
 
 

@@ -159,22 +159,8 @@ def build(config: Mapping[str, Any]) -> ResNet152:
                      width=int(config.get("width", 64)), blocks=blocks)
 
 
-def _config_from_torch(state):
-    from weight_conversion.keymaps import resnet152 as keymap
+_config_from_torch, _convert = registry.lazy_keymap("resnet152")
 
-    return keymap.config_from_torch(state)
-
-
-def _convert(state, config):
-    from weight_conversion.keymaps import resnet152 as keymap
-
-    return keymap.convert(state, config)
-
-
-def _labels():
-    from jaxdissect.models import loading
-
-    return loading.places365_labels()
 
 
 SPEC = registry.register(registry.ModelSpec(
@@ -186,7 +172,7 @@ SPEC = registry.register(registry.ModelSpec(
     normalization=registry.IMAGENET_NORMALIZATION,
     default_layer="7",
     layer_names=LAYER_NAMES,
-    labels=_labels,
+    labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/resnet152_places365-f928166e5c.pth",
     sha256_prefix="f928166e5c",
     config_from_torch=_config_from_torch,

@@ -69,22 +69,8 @@ def build(config: Mapping[str, Any]) -> VGG16:
     return VGG16(num_classes=int(config.get("num_classes", 365)))
 
 
-def _config_from_torch(state):
-    from weight_conversion.keymaps import vgg as keymap
+_config_from_torch, _convert = registry.lazy_keymap("vgg")
 
-    return keymap.config_from_torch(state)
-
-
-def _convert(state, config):
-    from weight_conversion.keymaps import vgg as keymap
-
-    return keymap.convert(state, config)
-
-
-def _labels():
-    from jaxdissect.models import loading
-
-    return loading.places365_labels()
 
 
 SPEC = registry.register(registry.ModelSpec(
@@ -96,7 +82,7 @@ SPEC = registry.register(registry.ModelSpec(
     normalization=registry.IMAGENET_NORMALIZATION,
     default_layer="features.conv5_3",
     layer_names=LAYER_NAMES,
-    labels=_labels,
+    labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/vgg16_places365-0bafbc55.pth",
     sha256_prefix="0bafbc55",
     config_from_torch=_config_from_torch,
