@@ -136,7 +136,8 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
         name=spec.name, kind=spec.kind, module=spec.build(config),
         variables=jax.tree.map(jnp.asarray, variables), config=config,
         input_size=spec.input_size, normalization=spec.normalization,
-        default_layer=spec.default_layer, layer_names=tuple(spec.layer_names), labels=labels)
+        default_layer=spec.default_layer, labels=labels,
+        layer_names=tuple(spec.layer_names_for(config) if spec.layer_names_for else spec.layer_names))
 
 
 __all__ = ["load", "get_spec", "available", "register_extra_models", "places365_labels"]

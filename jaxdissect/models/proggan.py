@@ -134,6 +134,7 @@ SPECS = {
         normalization=NORMALIZATION,
         default_layer="layer4",
         layer_names=layer_names(channels),
+        layer_names_for=lambda config: layer_names(config["channels"]),
         url=f"https://dissect.csail.mit.edu/models/{stem}.pth",
         sha256_prefix=stem.rsplit("-", 1)[1],
         config_from_torch=_config_from_torch,

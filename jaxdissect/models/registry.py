@@ -36,6 +36,8 @@ class ModelSpec:
     convert: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict] | None = None
     # Embedded models: orbax checkpoint shipped inside the package (relative to jaxdissect/).
     packaged_weights: str | None = None
+    # When the layers depend on the checkpoint (e.g. a generator's depth): config -> layer names.
+    layer_names_for: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
