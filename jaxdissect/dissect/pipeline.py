@@ -47,7 +47,8 @@ class DissectConfig:
     strip_images: int = 5
     resolution: int = 128
     weights: str | None = None
-    checkpoint_every: int = 25  # batches between checkpoints
+    checkpoint_seconds: float = 120.0  # time between checkpoints of a pass
+    checkpoint_every: int | None = None  # or: batches between checkpoints
     progress: bool = True
 
 
@@ -258,6 +259,7 @@ def _run_pass(setup: _Setup, name: str, per_device, empty: dict, replicated: Any
     positions = np.concatenate([r for _, r in rows])
     bar = _progress(cfg, len(setup.source), desc)
     bar.update(sum(len(r) for r in setup.ranges[:start]))
+    last_save = time.monotonic()
     for b, batch in enumerate(sources.prefetch(setup.source, setup.ranges[start:], positions), start):
         errors.update(batch.errors)
         args = [batch.inputs, batch.indices, batch.ok]
@@ -266,12 +268,26 @@ def _run_pass(setup: _Setup, name: str, per_device, empty: dict, replicated: Any
         args = [parallel.assemble(mesh, rows, a, setup.batch_size) for a in args]
         stacked = step(stacked, replicated, *args)
         bar.update(int(len(setup.ranges[b])))
-        if (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(setup.ranges):
+        if b + 1 < len(setup.ranges) and _checkpoint_due(cfg, b + 1, last_save):
+            last_save = time.monotonic()
             merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
             _save_checkpoint(setup, name, merged, {"batches_done": b + 1, "fingerprint": fingerprint,
                                                   "errors": _gather_errors(errors, f"{name}-{b}")})
     bar.close()
     return parallel.to_host(steps.merge_over_mesh(stacked, mesh)), _gather_errors(errors, f"{name}-end")
+
+
+def _checkpoint_due(cfg: DissectConfig, batches_done: int, last_save: float) -> bool:
+    """Every `checkpoint_every` batches if set, else every `checkpoint_seconds`; the decision
+    must be the same on every process, so the time is process 0's."""
+    if cfg.checkpoint_every:
+        return batches_done % cfg.checkpoint_every == 0
+    due = time.monotonic() - last_save >= cfg.checkpoint_seconds
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+    return due
 
 
 def _gather_errors(errors: dict, tag: str) -> dict:

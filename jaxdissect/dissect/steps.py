@@ -7,6 +7,7 @@ user code; `sharded_pass` runs one over a mesh with per-device states.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -64,13 +65,18 @@ def update_iou(state: IoUTally, acts: jax.Array, upsample: Upsampler, thresholds
 def merge_over_mesh(stacked: Any, mesh: jax.sharding.Mesh) -> Any:
     """Per-device states (leading device axis) -> their merge, replicated on every device, with
     the states' own collectives (psum for counts, pmin/pmax for extremes, gathers for top-k)."""
+    return _merge_fn(mesh)(stacked)
+
+
+@functools.lru_cache(maxsize=None)
+def _merge_fn(mesh: jax.sharding.Mesh) -> Callable:
+    """One jitted merge per mesh, so repeated checkpoints do not recompile."""
 
     def body(state):
-        local = jax.tree.map(lambda a: a[0], state, is_leaf=lambda x: x is None)
+        local = jax.tree.map(lambda a: a[0], state)
         return jax.tree.map(lambda s: s.all_reduce("data"), local, is_leaf=_is_state)
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=P("data"), out_specs=P(), check_vma=False)
-    return jax.jit(fn)(stacked)
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("data"), out_specs=P(), check_vma=False))
 
 
 def _is_state(x) -> bool:
