@@ -142,6 +142,11 @@ def load_pass(directory: str | os.PathLike, name: str, template: Mapping[str, An
 
 
 def clear_pass(directory: str | os.PathLike, name: str) -> None:
+    """Remove a pass's checkpoint (and the checkpoints folder once it is empty)."""
     import shutil
 
     shutil.rmtree(_pass_dir(directory, name), ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(_pass_dir(directory, name)))
+    except OSError:
+        pass
