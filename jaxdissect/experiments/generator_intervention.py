@@ -1,0 +1,582 @@
+"""Generator interventions: units cause objects (the paper's GAN experiments).
+
+Zeroing the units matched to a class removes that class from generated images; switching them
+on at one location adds it, but only where the context allows. Everything that touches arrays
+is a pure function: the chosen layer is captured once per batch, edits (`jaxdissect.edit`
+pytrees, stacked on a leading axis) are applied to it, and only the rest of the generator runs
+again (`sweep.tail_function`), vmapped over the stack. The passes run sharded over a mesh with
+per-device mergeable states (`steps.sharded_pass`) and checkpoint as they go, so a killed run
+resumes where it stopped.
+
+Experiments (driver: `run_interventions`):
+- segmentation-class statistics with and without edits (per-image class fractions over all
+  segmentation channels; mean and variance as `Moments`);
+- every unit ablated singly, and the best 0..n units of a class by IoU ablated together;
+- insertion in context: the best units of a class set to their 99.5th-percentile value at each
+  spatial location in turn, the change of every class's pixels tallied per original label at
+  that location.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdissect import parallel, stats
+from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.dissect import runstate, sources, steps
+from jaxdissect.edit import Ablate, Replace, unit_mask
+from jaxdissect.stats import Moments
+
+Z99 = 2.5758293035489004  # two-sided 99% normal quantile: the original's 2.58 * stderr band
+# (remove, insert): the paper removes trees and inserts doors; the toy generator draws no doors,
+# but it puts trees on grass and not in the sky, which shows the same context dependence.
+DEFAULT_CLASSES = {"toy_generator": ("tree", "tree"), "proggan_church": ("tree", "door")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces: class statistics of segmentations, edit stacks, conditional tallies
+
+
+def class_counts(seg: jax.Array, num_labels: int) -> jax.Array:
+    """(N, L, H, W) multi-label maps -> (N, num_labels) float32 pixel counts over ALL channels
+    (a pixel with two labels counts for both; label 0 'no label' is counted too)."""
+    seg = jnp.asarray(seg)
+    flat = seg.reshape(seg.shape[0], -1)
+    flat = jnp.where((flat >= 0) & (flat < num_labels), flat, num_labels)
+    counts = jax.vmap(lambda s: jnp.bincount(s, length=num_labels + 1))(flat)
+    return counts[:, :num_labels].astype(jnp.float32)
+
+
+def class_fractions(seg: jax.Array, num_labels: int) -> jax.Array:
+    """Per-image class fractions: pixel counts over all channels / pixels (may sum past 1)."""
+    seg = jnp.asarray(seg)
+    return class_counts(seg, num_labels) / float(seg.shape[2] * seg.shape[3])
+
+
+def cell_centers(size: int, cells: int) -> np.ndarray:
+    """Centre pixel of each of `cells` equal cells along an axis of `size` pixels."""
+    if size % cells:
+        raise ValueError(f"segmentation size {size} is not a multiple of the layer size {cells}")
+    step = size // cells
+    return np.arange(cells) * step + step // 2
+
+
+def context_labels(seg: jax.Array, layer_hw: tuple[int, int], num_labels: int) -> jax.Array:
+    """(N, h, w, num_labels) bool: every nonzero label (any channel) of `seg` at the centre of
+    each layer cell -- the original's context of an insertion at that cell."""
+    ys = cell_centers(seg.shape[2], layer_hw[0])
+    xs = cell_centers(seg.shape[3], layer_hw[1])
+    at = seg[:, :, ys][:, :, :, xs]  # (N, C, h, w)
+    onehot = at[..., None] == jnp.arange(num_labels)  # (N, C, h, w, L)
+    return onehot.any(axis=1).at[..., 0].set(False)
+
+
+def ranked_units(iou: np.ndarray, label: int) -> np.ndarray:
+    """Units in order of descending IoU with `label` (ties: lower unit first)."""
+    return np.argsort(-np.asarray(iou)[label], kind="stable")
+
+
+def best_units_masks(ranked: Sequence[int], max_units: int, num_units: int) -> np.ndarray:
+    """(max_units + 1, num_units): row n zeroes the best n units (row 0 is no edit)."""
+    ranked = np.asarray(ranked)[:max_units]
+    out = np.zeros((max_units + 1, num_units), np.float32)
+    for n in range(1, max_units + 1):
+        out[n, ranked[:n]] = 1.0
+    return out
+
+
+def ablation_stack(masks: np.ndarray) -> Ablate:
+    """A stack of ablations, one per row of `masks` (K, units)."""
+    return Ablate(jnp.asarray(masks, jnp.float32))
+
+
+def insertion_stack(units: Sequence[int], values: Sequence[float], num_units: int,
+                    layer_hw: tuple[int, int]) -> Replace:
+    """One `edit.insert` per layer location (row-major): `units` set to `values` at that cell
+    only; a Replace stack with leading axis h*w."""
+    h, w = layer_hw
+    mask = unit_mask(units, num_units)
+    vals = jnp.zeros((num_units,), jnp.float32).at[jnp.asarray(units, jnp.int32)].set(jnp.asarray(values, jnp.float32))
+    where = jnp.eye(h * w, dtype=jnp.float32).reshape(h * w, h, w)
+    return Replace(ablation=where[..., None] * mask, replacement=jnp.broadcast_to(vals, (h * w, num_units)))
+
+
+def stack_size(edits: Any) -> int:
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(edits)}
+    if len(sizes) != 1:
+        raise ValueError(f"an edit stack needs one leading axis shared by all its arrays, got sizes {sizes}")
+    return sizes.pop()
+
+
+def conditional_update(state: Moments, x: jax.Array, cond: jax.Array, mask: jax.Array) -> Moments:
+    """Add rows x (M, L) to per-condition moments (a Moments over Lc * L entries, condition-major):
+    row i counts for every condition c with cond[i, c] (and mask[i])."""
+    w = (jnp.asarray(cond, bool) & mask[:, None]).astype(jnp.float32)  # (M, Lc)
+    n_b = w.sum(0)
+    shift = jnp.where(mask[:, None], x, 0.0).sum(0) / jnp.maximum(mask.sum(), 1)  # shifted data for stability
+    xs = x - shift
+    hi = jax.lax.Precision.HIGHEST
+    s1 = jnp.matmul(w.T, xs, precision=hi)
+    s2 = jnp.matmul(w.T, xs * xs, precision=hi)
+    safe = jnp.maximum(n_b, 1.0)[:, None]
+    mean = s1 / safe
+    m2 = jnp.maximum(s2 - s1 * mean, 0.0)
+    num_l = x.shape[1]
+    batch = Moments(n=jnp.repeat(n_b.astype(jnp.int32), num_l), mean_=(mean + shift).reshape(-1),
+                    m2=m2.reshape(-1), nan_count=jnp.zeros_like(state.nan_count))
+    return state.merge(batch)
+
+
+def conditional_readout(state: Moments, num_cond: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count (Lc,), mean (Lc, L), variance (Lc, L)) of a conditional tally."""
+    n = np.asarray(state.n).reshape(num_cond, -1)
+    return n[:, 0].copy(), np.asarray(state.mean()).reshape(num_cond, -1), np.asarray(state.variance()).reshape(num_cond, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator and segmenter as jit-able functions
+
+
+class GeneratorFns:
+    """The generator split at `layer` and the segmenter, as functions traceable inside jit:
+    `forward(variables, z) -> (images, acts)`, `tail(variables, acts) -> images`,
+    `segment(images) -> (N, C, h, w)`, `edited_counts(...)` for stacks of edits."""
+
+    def __init__(self, model, layer: str, segmenter, downsample: int | None = None):
+        from jaxdissect.capture import _build, valid_layer_names
+        from jaxdissect.experiments.sweep import tail_function
+
+        if model.kind != "generator":
+            raise ValueError(f"generator interventions need a generator, got {model.name!r} ({model.kind})")
+        if layer not in valid_layer_names(model):
+            raise ValueError(f"unknown layer {layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")
+        self.model, self.layer, self.segmenter = model, layer, segmenter
+        self.labels = segmenter.labels
+        self.num_labels = len(self.labels)
+        run = _build(model.module, (layer,), ())
+        self._run = run
+        self.tail = tail_function(model, layer)
+        out, acts = jax.eval_shape(lambda v, z: run(v, z, {}), model.variables,
+                                   jax.ShapeDtypeStruct((1, int(model.z_dim)), jnp.float32))
+        self.image_hw = tuple(out.shape[1:3])
+        self.layer_hw = tuple(acts[layer].shape[1:3])
+        self.num_units = int(acts[layer].shape[-1])
+        self.downsample = downsample or (4 if self.image_hw[0] >= 224 else 2)
+        self.seg_hw = (self.image_hw[0] // self.downsample, self.image_hw[1] // self.downsample)
+
+    def forward(self, variables, z):
+        out, acts = self._run(variables, z, {})
+        return out, acts[self.layer]
+
+    def segment(self, images):
+        return self.segmenter.segment(images, self.downsample)
+
+    def edited_images(self, variables, acts, edits):
+        """(K, N, H, W, 3): the tail on acts under each edit of a stack (leading axis K)."""
+        return jax.vmap(lambda e: self.tail(variables, e(acts)))(edits)
+
+    def edited_counts(self, variables, acts, edits, chunk: int = 8) -> jax.Array:
+        """(K, N, L) class pixel counts of the images regenerated under each edit of the stack,
+        `chunk` edits at a time (padded by repeating the first edit)."""
+        k = stack_size(edits)
+        chunk = max(1, min(chunk, k))
+        pad = (-k) % chunk
+        if pad:
+            edits = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), edits)
+        chunks = jax.tree.map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), edits)
+        n = acts.shape[0]
+
+        def one(stack):
+            imgs = self.edited_images(variables, acts, stack)
+            seg = self.segment(imgs.reshape((chunk * n,) + imgs.shape[2:]))
+            return class_counts(seg, self.num_labels).reshape(chunk, n, -1)
+
+        out = jax.lax.map(one, chunks)
+        return out.reshape((-1, n, self.num_labels))[:k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-device steps (state, replicated, z, indices, ok) -> state
+
+
+def segclass_step(fns: GeneratorFns, chunk: int = 8) -> Callable:
+    """States {'baseline': Moments(L), 'edited': Moments(K*L), 'delta': Moments(K*L)} of class
+    fractions without edits, with each edit of the replicated stack, and their difference."""
+
+    def step(state, replicated, z, indices, ok):
+        variables, edits = replicated
+        images, acts = fns.forward(variables, z)
+        area = float(fns.seg_hw[0] * fns.seg_hw[1])
+        f0 = class_counts(fns.segment(images), fns.num_labels) / area
+        fk = fns.edited_counts(variables, acts, edits, chunk) / area  # (K, N, L)
+        n = z.shape[0]
+        flat = lambda a: jnp.moveaxis(a, 0, 1).reshape(n, -1)  # noqa: E731
+        return {"baseline": state["baseline"].update(f0, ok), "edited": state["edited"].update(flat(fk), ok),
+                "delta": state["delta"].update(flat(fk - f0[None]), ok)}
+
+    return step
+
+
+def insertion_step(fns: GeneratorFns, chunk: int = 8) -> Callable:
+    """States {'baseline': Moments(L) class pixel counts, 'context': Moments(L*L) of the count
+    change per original label at the edited location}; the replicated stack holds one edit per
+    location (`insertion_stack`)."""
+
+    def step(state, replicated, z, indices, ok):
+        variables, edits = replicated
+        images, acts = fns.forward(variables, z)
+        seg = fns.segment(images)
+        c0 = class_counts(seg, fns.num_labels)  # (N, L)
+        ctx = context_labels(seg, fns.layer_hw, fns.num_labels)  # (N, h, w, L)
+        ck = fns.edited_counts(variables, acts, edits, chunk)  # (h*w, N, L)
+        locs, n = ck.shape[0], z.shape[0]
+        delta = (ck - c0[None]).reshape(locs * n, -1)
+        cond = jnp.moveaxis(ctx.reshape(n, locs, -1), 1, 0).reshape(locs * n, -1)
+        mask = jnp.tile(ok, locs)
+        return {"baseline": state["baseline"].update(c0, ok),
+                "context": conditional_update(state["context"], delta, cond, mask)}
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# A resumable sharded pass
+
+
+@dataclasses.dataclass
+class PassRunner:
+    """Runs per-device steps over a z source on a mesh, checkpointing every few batches into
+    `directory/checkpoints/<name>` and keeping finished passes in `directory/passes/<name>`."""
+
+    directory: str
+    mesh: jax.sharding.Mesh
+    batch_size: int
+    checkpoint_every: int = 25
+    progress: bool = True
+
+    def _final_dir(self, name):
+        return os.path.join(self.directory, "passes", name)
+
+    def load_final(self, name: str, fingerprint: dict) -> dict | None:
+        try:
+            path = existing_version(self._final_dir(name))
+        except FileNotFoundError:
+            return None
+        try:
+            with open(os.path.join(path, "fingerprint.json")) as f:
+                if json.load(f) != fingerprint:
+                    return None
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return {k: stats.load(os.path.join(path, k)) for k in sorted(os.listdir(path)) if k != "fingerprint.json"}
+
+    def save_final(self, name: str, states: dict, fingerprint: dict) -> None:
+        with atomic_directory(self._final_dir(name)) as tmp:
+            for key, state in states.items():
+                stats.save(os.path.join(tmp, key), state)
+            with open(os.path.join(tmp, "fingerprint.json"), "w") as f:
+                json.dump(fingerprint, f, indent=1)
+
+    def run(self, name: str, per_device: Callable, empty: dict, replicated: Any, source, fingerprint: dict,
+            stop_after: int | None = None) -> dict:
+        """Merged states of the pass (loaded when already finished with the same fingerprint).
+        `stop_after` batches (for tests of resuming) leaves the pass unfinished and returns None."""
+        fingerprint = json.loads(json.dumps({**fingerprint, "samples": len(source), "batch_size": self.batch_size}))
+        done = self.load_final(name, fingerprint)
+        if done is not None:
+            return done
+        ranges = sources.batch_ranges(len(source), self.batch_size)
+        start, states = 0, dict(empty)
+        resumed = runstate.load_pass(self.directory, name, empty)
+        if resumed is not None:
+            saved, progress = resumed
+            if progress.get("fingerprint") == fingerprint:
+                states, start = saved, int(progress["batches_done"])
+        mesh = self.mesh
+        stacked = {k: steps.place_first(states[k], empty[k], mesh) for k in empty}
+        replicated = parallel.replicate(mesh, replicated)
+        step = steps.sharded_pass(per_device, mesh, 3)
+        rows = parallel.local_rows(mesh, self.batch_size)
+        positions = np.concatenate([r for _, r in rows])
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(source), desc=name, unit="img", dynamic_ncols=True,
+                   disable=not (self.progress and parallel.is_primary()))
+        bar.update(sum(len(r) for r in ranges[:start]))
+        for b, batch in enumerate(sources.prefetch(source, ranges[start:], positions), start):
+            args = [parallel.assemble(mesh, rows, a, self.batch_size) for a in (batch.inputs, batch.indices, batch.ok)]
+            stacked = step(stacked, replicated, *args)
+            bar.update(len(ranges[b]))
+            finished = b + 1
+            stopping = stop_after is not None and finished - start >= stop_after
+            if finished < len(ranges) and (stopping or finished % self.checkpoint_every == 0):
+                self._checkpoint(name, stacked, {"batches_done": finished, "fingerprint": fingerprint})
+                if stopping:
+                    bar.close()
+                    return None
+        bar.close()
+        merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+        if parallel.is_primary():
+            self.save_final(name, merged, fingerprint)
+            runstate.clear_pass(self.directory, name)
+        parallel.barrier(f"{name}-final")
+        return merged
+
+    def _checkpoint(self, name: str, stacked: dict, progress: dict) -> None:
+        """Merge the per-device states; process 0 writes them; every process waits."""
+        merged = parallel.to_host(steps.merge_over_mesh(stacked, self.mesh))
+        if parallel.is_primary():
+            runstate.save_pass(self.directory, name, merged, progress)
+        parallel.barrier(f"checkpoint-{name}-{progress['batches_done']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments as functions of (fns, variables, source, runner)
+
+
+def _fp(fns: GeneratorFns) -> dict:
+    return {"model": fns.model.name, "layer": fns.layer, "labels": fns.num_labels, "downsample": fns.downsample}
+
+
+def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, name: str,
+                   fingerprint: dict | None = None, chunk: int = 8, stop_after: int | None = None) -> dict | None:
+    """Class-fraction Moments without edits ('baseline'), with each edit of the stack ('edited',
+    K*L entries, edit-major) and their per-image difference ('delta')."""
+    k, num_l = stack_size(edits), fns.num_labels
+    empty = {"baseline": Moments.create(num_l), "edited": Moments.create(k * num_l), "delta": Moments.create(k * num_l)}
+    fp = {**_fp(fns), "pass": "segclass", "edits": k, **(fingerprint or {})}
+    return runner.run(name, segclass_step(fns, chunk), empty, (fns.model.variables, edits), source, fp, stop_after)
+
+
+@dataclasses.dataclass
+class RemovalTable:
+    """Ablating the best 0..n units of a class: the portion of its pixels removed, with a 99% interval."""
+
+    label: str
+    units: np.ndarray  # the ranked units (best first)
+    counts: np.ndarray  # (n+1,) ablated units
+    baseline_fraction: float  # mean fraction of the class's pixels without edits
+    removed: np.ndarray  # (n+1,) -mean delta / baseline
+    lo99: np.ndarray
+    hi99: np.ndarray
+    mean_delta: np.ndarray  # (n+1, L) mean change of every class's fraction
+    samples: int
+
+
+def removal_table(states: dict, label: int, label_name: str, units: np.ndarray, num_labels: int) -> RemovalTable:
+    """Read the best-n ablation pass: removed = -E[delta_c] / E[baseline_c], band +-2.58 stderr."""
+    base = float(np.asarray(states["baseline"].mean())[label])
+    mean = np.asarray(states["delta"].mean()).reshape(-1, num_labels)
+    var = np.asarray(states["delta"].variance()).reshape(-1, num_labels)
+    n = int(np.asarray(states["baseline"].n)[label])
+    removed = -mean[:, label] / base if base > 0 else np.full(mean.shape[0], np.nan)
+    half = Z99 * np.sqrt(np.maximum(var[:, label], 0) / max(n, 1)) / base if base > 0 else np.nan
+    return RemovalTable(label_name, np.asarray(units), np.arange(mean.shape[0]), base, removed, removed - half,
+                        removed + half, mean, n)
+
+
+@dataclasses.dataclass
+class ContextTable:
+    """Insertion in context: the change of the inserted class's pixels by the original label at the location."""
+
+    label: str
+    units: np.ndarray
+    values: np.ndarray  # the inserted (99.5th percentile) values
+    baseline_count: float  # mean pixel count of the class per image, unedited
+    context_names: list
+    samples: np.ndarray  # (Lc,) (image, location) pairs with that context
+    mean_delta: np.ndarray  # (Lc,) mean change of the class's pixel count
+    std_delta: np.ndarray  # (Lc,)
+    added: np.ndarray  # (Lc,) mean_delta / baseline_count (the paper's "added area")
+    err: np.ndarray  # (Lc,) std / baseline (the original's error bars)
+    ci99: np.ndarray  # (Lc,) half width of the 99% interval of `added`
+
+    def rows(self, min_samples: int = 1) -> list[dict]:
+        """Contexts seen at least `min_samples` times, most added first."""
+        keep = [c for c in range(len(self.samples)) if self.samples[c] >= min_samples and c != 0]
+        keep.sort(key=lambda c: -self.added[c])
+        return [{"context": self.context_names[c], "samples": int(self.samples[c]), "added": float(self.added[c]),
+                 "mean_delta_pixels": float(self.mean_delta[c]), "err": float(self.err[c]),
+                 "ci99": float(self.ci99[c])} for c in keep]
+
+
+def context_table(states: dict, label: int, label_name: str, units, values, names) -> ContextTable:
+    num_l = len(names)
+    count, mean, var = conditional_readout(states["context"], num_l)
+    base = float(np.asarray(states["baseline"].mean())[label])
+    std = np.sqrt(np.maximum(np.nan_to_num(var[:, label]), 0))
+    md = np.where(count > 0, mean[:, label], np.nan)
+    scale = base if base > 0 else np.nan
+    return ContextTable(label_name, np.asarray(units), np.asarray(values), base, list(names), count, md, std,
+                        md / scale, std / scale, Z99 * std / np.sqrt(np.maximum(count, 1)) / scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Example images (for strips)
+
+
+def ablation_examples(fns: GeneratorFns, z: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(K, N, H, W, 3) uint8 images of z with each ablation mask applied."""
+    run = jax.jit(lambda v, z, e: fns.edited_images(v, fns.forward(v, z)[1], e))
+    return to_uint8(run(fns.model.variables, jnp.asarray(z), ablation_stack(masks)))
+
+
+def insertion_examples(fns: GeneratorFns, z: np.ndarray, units, values, locations: Sequence[tuple[int, int]]):
+    """(N, H, W, 3) originals and (len(locations), N, H, W, 3) images with the units inserted there."""
+    stack = insertion_stack(units, values, fns.num_units, fns.layer_hw)
+    h, w = fns.layer_hw
+    idx = np.asarray([y * w + x for y, x in locations], np.int32)
+    stack = jax.tree.map(lambda a: a[idx], stack)
+
+    @jax.jit
+    def run(v, z, e):
+        images, acts = fns.forward(v, z)
+        return images, fns.edited_images(v, acts, e)
+
+    orig, edited = run(fns.model.variables, jnp.asarray(z), stack)
+    return to_uint8(orig), to_uint8(edited)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Generator output in [-1, 1] -> uint8."""
+    return np.asarray(jnp.clip((jnp.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclasses.dataclass(frozen=True)
+class InterventionConfig:
+    """What to intervene on; the defaults run the embedded toy generator."""
+
+    model: str = "toy_generator"
+    layer: str | None = None  # default: the model's default layer (layer4 for Progressive GANs, as the original)
+    seg: str | None = None  # default: 'toy' for toy models, 'netpqc' otherwise
+    remove_class: str | None = None  # default: DEFAULT_CLASSES, else 'tree'
+    insert_class: str | None = None  # default: DEFAULT_CLASSES, else 'door' ('tree' for the toy generator)
+    sample_size: int | None = None  # z for the ablation statistics (default 200 toy / 10,000)
+    insert_sample_size: int | None = None  # z for the insertion (default 50 toy / 10,000)
+    dissect_sample_size: int | None = None  # z for the dissection that ranks units (default 1000 toy / 10,000)
+    max_units: int = 30  # ablate the best 0..max_units
+    insert_units: int = 20
+    insert_quantile: float = 0.995
+    single_units: bool = True  # also ablate every unit singly
+    quantile: float = 0.01  # the dissection's top quantile (IoU at the 99th percentile)
+    batch_size: int = 10
+    chunk: int = 8  # edits regenerated together per device
+    devices: int | None = None
+    outdir: str = "results"
+    weights: str | None = None
+    checkpoint_every: int = 10
+    min_context_samples: int = 100
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class InterventionResult:
+    """The tables of one run (see RemovalTable, ContextTable) and where its files are."""
+
+    directory: str
+    layer: str
+    removal: RemovalTable
+    context: ContextTable
+    single_unit_delta: np.ndarray | None  # (units, L) mean change of each class's fraction
+    baseline: np.ndarray  # (L,) mean class fractions
+    label_names: tuple
+    timings: dict
+
+
+def _defaults(config: InterventionConfig, model_name: str):
+    toy = model_name.startswith("toy_")
+    layer = config.layer or (None if toy else "layer4")
+    remove, insert = DEFAULT_CLASSES.get(model_name, ("tree", "door"))
+    return (layer, config.seg or ("toy" if toy else "netpqc"), config.remove_class or remove,
+            config.insert_class or insert, config.sample_size or (200 if toy else 10_000),
+            config.insert_sample_size or (50 if toy else 10_000), config.dissect_sample_size or (1000 if toy else 10_000))
+
+
+def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
+    """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
+    (run now unless its results folder is complete)."""
+    from jaxdissect.dissect import DissectConfig, dissect
+    from jaxdissect.dissect.pipeline import make_segmenter
+    from jaxdissect.models import load
+
+    if model is None:
+        model = load(config.model, config.weights)
+    layer, seg, *_, dissect_n = _defaults(config, model.name)
+    layer = layer or model.default_layer
+    if segmenter is None:
+        segmenter, _ = make_segmenter(seg, None)
+    dcfg = DissectConfig(model=model.name, seg=seg, layers=(layer,), quantile=config.quantile,
+                         outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
+                         devices=config.devices, progress=config.progress, weights=config.weights)
+    [result] = dissect(dcfg, model=model, segmenter=segmenter)
+    sketch = stats.load(os.path.join(result.directory, "stats", "quantiles"))
+    return model, segmenter, result, sketch
+
+
+def run_interventions(config: InterventionConfig = InterventionConfig(), *, model=None,
+                      segmenter=None) -> InterventionResult:
+    """Dissect (if needed), then run the ablation and insertion experiments and write their
+    tables, plots, strips and report section into `<dissection folder>/generator_intervention`."""
+    from jaxdissect.experiments import generator_report
+
+    timings = {}
+    t0 = time.perf_counter()
+    model, segmenter, result, sketch = dissected_layer(config, model, segmenter)
+    timings["dissection_s"] = time.perf_counter() - t0
+    _, _, remove, insert, n_stats, n_insert, _ = _defaults(config, model.name)
+    fns = GeneratorFns(model, result.layer, segmenter)
+    labels = segmenter.labels
+    remove_id, insert_id = labels.index(remove), labels.index(insert)
+    out = os.path.join(result.directory, "generator_intervention")
+    mesh = parallel.make_mesh(config.devices)
+    runner = PassRunner(out, mesh, parallel.padded_batch_size(config.batch_size, mesh), config.checkpoint_every,
+                        config.progress)
+    max_units = min(config.max_units, fns.num_units)
+    from contextlib import ExitStack
+
+    with ExitStack() as lock:
+        if parallel.is_primary():
+            lock.enter_context(runstate.ExclusiveRun(out))
+        parallel.barrier("interventions-locked")
+        z_stats = sources.ZSource(n_stats, int(model.z_dim))
+        ranked = ranked_units(result.iou, remove_id)
+        masks = best_units_masks(ranked, max_units, fns.num_units)
+        t = time.perf_counter()
+        best = segclass_stats(fns, runner, z_stats, ablation_stack(masks), f"ablate_best_{remove}",
+                              {"units": ranked[:max_units].tolist()}, config.chunk)
+        timings["best_units_s"] = time.perf_counter() - t
+        removal = removal_table(best, remove_id, remove, ranked[:max_units], fns.num_labels)
+        single = None
+        if config.single_units:
+            t = time.perf_counter()
+            s = segclass_stats(fns, runner, z_stats, ablation_stack(np.eye(fns.num_units, dtype=np.float32)),
+                               "ablate_single", None, config.chunk)
+            timings["single_units_s"] = time.perf_counter() - t
+            single = np.asarray(s["delta"].mean()).reshape(fns.num_units, fns.num_labels)
+        ins_units = ranked_units(result.iou, insert_id)[:config.insert_units]
+        values = np.asarray(sketch.quantiles([config.insert_quantile]))[ins_units, 0]
+        t = time.perf_counter()
+        states = runner.run(
+            f"insert_{insert}", insertion_step(fns, config.chunk),
+            {"baseline": Moments.create(fns.num_labels), "context": Moments.create(fns.num_labels ** 2)},
+            (model.variables, insertion_stack(ins_units, values, fns.num_units, fns.layer_hw)),
+            sources.ZSource(n_insert, int(model.z_dim)),
+            {**_fp(fns), "pass": "insert", "units": ins_units.tolist(), "values": [float(v) for v in values]})
+        timings["insertion_s"] = time.perf_counter() - t
+        context = context_table(states, insert_id, insert, ins_units, values, labels.names)
+        res = InterventionResult(out, result.layer, removal, context, single, np.asarray(best["baseline"].mean()),
+                                 labels.names, timings)
+        if parallel.is_primary():
+            generator_report.write_outputs(res, fns, result, min_context_samples=config.min_context_samples)
+    return res
