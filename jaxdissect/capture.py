@@ -120,7 +120,6 @@ def capture_fn(module: nn.Module, layers: Sequence[str] = (),
     return jax.jit(run)
 
 
-_build = capture_fn  # the name some callers used first
 
 
 def capture(model: LoadedModel, x: Any, layers: Sequence[str] | str = (),

@@ -209,9 +209,9 @@ def model_input_function(model) -> Callable:
 
 def layer_forward(model, layer: str) -> Callable:
     """(variables, x) -> the layer's activations (jit drops everything after it)."""
-    from jaxdissect.capture import _build
+    from jaxdissect.capture import capture_fn
 
-    run = _build(model.module, (layer,), ())
+    run = capture_fn(model.module, (layer,))
     return lambda variables, x: run(variables, x, {})[1][layer]
 
 

@@ -150,7 +150,7 @@ class GeneratorFns:
     `segment(images) -> (N, C, h, w)`, `edited_counts(...)` for stacks of edits."""
 
     def __init__(self, model, layer: str, segmenter, downsample: int | None = None):
-        from jaxdissect.capture import _build, valid_layer_names
+        from jaxdissect.capture import capture_fn, valid_layer_names
         from jaxdissect.experiments.sweep import tail_function
 
         if model.kind != "generator":
@@ -160,7 +160,7 @@ class GeneratorFns:
         self.model, self.layer, self.segmenter = model, layer, segmenter
         self.labels = segmenter.labels
         self.num_labels = len(self.labels)
-        run = _build(model.module, (layer,), ())
+        run = capture_fn(model.module, (layer,))
         self._run = run
         self.tail = tail_function(model, layer)
         out, acts = jax.eval_shape(lambda v, z: run(v, z, {}), model.variables,
