@@ -21,6 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def random_model(name: str):
+    """A LoadedModel with random weights, built from the registered spec."""
+    from jaxdissect.models import LoadedModel, get_spec
+
+    spec = get_spec(name)
+    module = spec.build(spec.default_config)
+    example = jnp.zeros((1, int(spec.default_config["z_dim"])) if spec.kind == "generator"
+                        else (1, *spec.input_size, 3))
+    variables = jax.jit(module.init)(jax.random.key(0), example)
+    return LoadedModel(spec.name, spec.kind, module, variables, dict(spec.default_config), spec.input_size,
+                       spec.normalization, spec.default_layer, tuple(spec.layer_names), None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="toy_classifier")
@@ -29,9 +42,13 @@ def main() -> None:
     p.add_argument("--sample-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights from the model's spec (e.g. vgg16_places without its download)")
     args = p.parse_args()
 
     from jaxdissect.dissect import DissectConfig, dissect, pipeline, sources
+
+    model = random_model(args.model) if args.random_weights else None
 
     out = tempfile.mkdtemp(prefix="bench-dissect-")
     base = DissectConfig(model=args.model, dataset=args.dataset, seg=args.seg, batch_size=args.batch_size,
@@ -39,17 +56,18 @@ def main() -> None:
     try:
         import dataclasses
 
-        dissect(dataclasses.replace(base, sample_size=2 * args.batch_size, outdir=os.path.join(out, "warm")))
+        dissect(dataclasses.replace(base, sample_size=2 * args.batch_size, outdir=os.path.join(out, "warm")), model=model)
         totals, thumbs = [], 0
         for r in range(args.repeats):
             cfg = dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, f"run{r}"))
             start = time.perf_counter()
-            [result] = dissect(cfg)
+            [result] = dissect(cfg, model=model)
             totals.append(time.perf_counter() - start)
             top = result.topk_indices[:, :cfg.strip_images]
             thumbs = len(np.unique(top[top >= 0]))
 
-        setup = pipeline._Setup(dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, "x")))
+        setup = pipeline._Setup(dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, "x")),
+                                model=model)
         batches = [setup.source.load(r) for r in sources.batch_ranges(len(setup.source), setup.batch_size)]
         batches = [sources.pad_batch(b, setup.batch_size) for b in batches]
 

@@ -106,3 +106,19 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
     (d / runstate.LOCK_FILE).write_text(f"999999999@{socket.gethostname()}\n")
     with runstate.ExclusiveRun(d):
         assert (d / runstate.LOCK_FILE).read_text().startswith(str(os.getpid()))
+
+
+def test_several_layers_in_one_run(tmp_path):
+    import small_models
+    from jaxdissect.dissect import sources
+
+    model = small_models.tiny_classifier(size=32)
+    cfg = config(tmp_path, quantile=0.01, layers=("features.conv2", "features.conv3"), devices=2)
+    results = dissect(cfg, model=model, source=sources.ScenesSource(size=16, image_size=32))
+    assert [r.layer for r in results] == ["features.conv2", "features.conv3"]
+    assert [r.iou.shape for r in results] == [(55, 16), (55, 12)]
+    for r in results:
+        report = json.load(open(os.path.join(r.directory, "report.json")))
+        assert report["header"]["layer"] == r.layer and len(report["units"]) == r.iou.shape[1]
+        assert os.path.exists(os.path.join(r.directory, "report.html"))
+    assert results[0].directory != results[1].directory
