@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.report.unit_images import outside_border
+from jaxdissect.report.figures import figure_png, new_figure
 
 ROSE_COLOR = np.array([0, 255, 0], np.uint8)  # green: activation rose above the level
 FELL_COLOR = np.array([255, 0, 0], np.uint8)  # red: activation fell below minus the level
@@ -55,18 +56,6 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(jax.image.resize(jnp.asarray(values, jnp.float32), tuple(size), "bilinear"))
 
 
-def _figure(figsize):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("the adversarial plots need matplotlib: pip install 'jaxdissect[plots]'") from None
-    return Figure(figsize=figsize, dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def bar_chart_png(summary: dict, k: int) -> bytes:
@@ -74,7 +63,7 @@ def bar_chart_png(summary: dict, k: int) -> bytes:
     pooled), with the 99% interval as error bars."""
     names = list(summary["per_target"]) + (["all"] if len(summary["per_target"]) > 1 else [])
     blocks = [summary["per_target"].get(n, summary["all"]) for n in names]
-    fig = _figure((max(5.0, 1.4 * len(names) + 1.5), 3.2))
+    fig = new_figure((max(5.0, 1.4 * len(names) + 1.5), 3.2))
     ax = fig.subplots()
     x = np.arange(len(names))
     for i, g in enumerate(("target", "source", "other")):
@@ -88,7 +77,7 @@ def bar_chart_png(summary: dict, k: int) -> bytes:
     ax.set_xlabel("target class for adversarial attack")
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=7, frameon=False)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def example_png(original: np.ndarray, adversarial: np.ndarray, maps_orig: np.ndarray, maps_adv: np.ndarray,
@@ -102,7 +91,7 @@ def example_png(original: np.ndarray, adversarial: np.ndarray, maps_orig: np.nda
     pert = adversarial - original
     size = orig8.shape[:2]
     cols = 2 + max(len(source_units), len(target_units))
-    fig = _figure((1.6 * cols, 3.6))
+    fig = new_figure((1.6 * cols, 3.6))
     axes = fig.subplots(2, cols)
     for ax in axes.ravel():
         ax.axis("off")
@@ -118,7 +107,7 @@ def example_png(original: np.ndarray, adversarial: np.ndarray, maps_orig: np.nda
             delta_map = resize_map(maps_adv[..., u] - maps_orig[..., u], size)
             axes[r, 2 + c].imshow(masked_delta(adv8, delta_map, threshold, -threshold))
             axes[r, 2 + c].set_title(f"unit {u}  Δmax {peak(maps_adv, u) - peak(maps_orig, u):+.2f}", fontsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _layer_maps(model, layer: str, images01: np.ndarray) -> np.ndarray:

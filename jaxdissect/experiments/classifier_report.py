@@ -18,23 +18,12 @@ import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.report.report_json import to_json_value
+from jaxdissect.report.figures import figure_png, new_figure
 
 SECTION_TITLE = "Classifier interventions: what units do for each class"
 BA_DROP_LISTED = -0.005  # units listed per class in ttv_unit_ablation.json: train BA change below this
 
 
-def _figure(figsize):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("the intervention plots need matplotlib: pip install 'jaxdissect[plots]'") from None
-    return Figure(figsize=figsize, dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _nanmean(a, axis=None):
@@ -87,7 +76,7 @@ def plot_one_class(result, index: int, n: int) -> bytes:
     removed = np.concatenate([[base], result.curve_removed_ba[index]])
     others = np.concatenate([[base], result.curve_kept_ba[index][::-1]])  # x = units removed = units - kept
     x = np.concatenate([[0], k])
-    fig = _figure((6, 4))
+    fig = new_figure((6, 4))
     ax = fig.subplots()
     ax.plot(x, removed, color="tab:red", label="removing the most important units together")
     ax.plot(x, others, color="tab:blue", label="removing the least important units first")
@@ -101,7 +90,7 @@ def plot_one_class(result, index: int, n: int) -> bytes:
     ax.set_ylabel("balanced accuracy (val)")
     ax.set_title(f"{result.class_names[c]}: {n} most important units kept vs removed")
     ax.legend(fontsize=8, loc="lower left")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_all_classes(result, n: int, seed: int = 0) -> bytes:
@@ -111,7 +100,7 @@ def plot_all_classes(result, n: int, seed: int = 0) -> bytes:
     groups = [("baseline", np.asarray(result.baseline["balanced_accuracy"]), "black"),
               (f"best {n} removed", result.removed_ba[:, i], "tab:red"),
               (f"{result.num_units - n} others removed", result.kept_ba[:, i], "tab:blue")]
-    fig = _figure((6, 4))
+    fig = new_figure((6, 4))
     ax = fig.subplots()
     rng = np.random.default_rng(seed)
     for j, (name, values, col) in enumerate(groups):
@@ -129,7 +118,7 @@ def plot_all_classes(result, n: int, seed: int = 0) -> bytes:
     ax.set_ylim(_bottom(*(g[1] for g in groups)), 1.05)
     ax.set_ylabel("balanced accuracy of the class (val)")
     ax.set_title(f"all {len(result.class_names)} classes, {result.layer}")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_importance_vs_iou(result) -> bytes:
@@ -137,7 +126,7 @@ def plot_importance_vs_iou(result) -> bytes:
     g = result.iou_groups
     mean = np.asarray(g["mean_iou"], float)
     se = np.asarray(g["se_iou"], float)
-    fig = _figure((6, 4))
+    fig = new_figure((6, 4))
     ax = fig.subplots()
     x = np.arange(len(g["group"]))
     ax.bar(x, np.nan_to_num(mean), yerr=np.nan_to_num(se), color="tab:green", alpha=0.7, capsize=3)
@@ -148,7 +137,7 @@ def plot_importance_vs_iou(result) -> bytes:
     ax.set_xlabel("number of classes for which the unit is among the 4 most important")
     ax.set_ylabel("mean best IoU of the unit's concept")
     ax.set_title(f"importance vs interpretability, {result.layer}")
-    return _png(fig)
+    return figure_png(fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
+from jaxdissect.report.figures import figure_png, new_figure
 
 SECTION_TITLE = "Generator interventions"
 YELLOW = np.array([255, 255, 0], np.uint8)
@@ -62,20 +63,10 @@ def save_tables(directory: str, res) -> None:
     atomic_write_text(os.path.join(directory, "tables.json"), json.dumps(tables_dict(res), indent=1) + "\n")
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def removal_plot(table) -> bytes:
     """PNG: portion of the class's pixels removed vs number of ablated units, with the 99% band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = new_figure((4.5, 3.2))
+    ax = fig.add_subplot()
     ax.fill_between(table.counts, table.lo99, table.hi99, alpha=0.3, color="#4B4CBF", label="99% interval")
     ax.plot(table.counts, table.removed, color="#4B4CBF", marker=".")
     ax.set_xlabel(f"number of {table.label} units ablated")
@@ -83,28 +74,20 @@ def removal_plot(table) -> bytes:
     ax.set_ylim(min(0.0, float(np.nanmin(table.lo99))), max(1.0, float(np.nanmax(table.hi99))))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def context_plot(rows: Sequence[dict], label: str) -> bytes:
     """PNG bar chart: added area of the class (relative to its mean area) per context label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * len(rows) + 1), 3.2))
+    fig = new_figure((max(3.0, 0.45 * len(rows) + 1), 3.2))
+    ax = fig.add_subplot()
     x = np.arange(len(rows))
     ax.bar(x, [r["added"] for r in rows], yerr=[r["err"] for r in rows], color="#F0883B", capsize=2)
     ax.set_xticks(x, [r["context"] for r in rows], rotation=45, ha="right")
     ax.set_ylabel(f"added {label} area")
     ax.set_title(f"{label} units switched on, by context", fontsize=10)
     ax.axhline(0, color="black", lw=0.5)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def draw_box(image: np.ndarray, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
