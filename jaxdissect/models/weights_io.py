@@ -25,6 +25,10 @@ def save_weights(directory: str | os.PathLike, name: str, variables: Any,
         with local_checkpointer() as ckpt:
             ckpt.save(os.path.join(tmp, STATE_DIR), tree)
             ckpt.wait_until_finished()
+        # orbax's marker names the temporary path; shipped weights must not carry machine paths
+        marker = os.path.join(tmp, STATE_DIR, "commit_success.txt")
+        if os.path.exists(marker):
+            os.remove(marker)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump({"model": name, "config": dict(config), **meta}, f, indent=1)
 
