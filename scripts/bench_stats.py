@@ -59,25 +59,20 @@ def main() -> None:
     sketch_update = jax.jit(lambda s, x: s.update(x), donate_argnums=0)
     iou_update = jax.jit(lambda s, i, l: s.update(i, l), donate_argnums=0)
 
-    def run_sketch(x):
-        return sketch_update(stats.QuantileSketch.create(512, args.resolution), x)
+    def steady_state(update, state, *batch) -> float:
+        """Median time of one update of a carried (donated) state, as inside a pass."""
+        state = jax.block_until_ready(update(state, *batch))  # compile + warm up
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            state = jax.block_until_ready(update(state, *batch))
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
 
-    def run_iou(i, l):
-        return iou_update(stats.IoUTally.create(512, args.num_labels), i, l)
-
-    # Creating the empty state is part of each timed call; measure it apart and subtract.
-    create_sketch = jax.jit(lambda: stats.QuantileSketch.create(512, args.resolution))
-    create_iou = jax.jit(lambda: stats.IoUTally.create(512, args.num_labels))
-    results = {}
-    for name, fn, fargs in (("vgg16 forward (batch 10, 224)", forward, forward_args),
-                            ("QuantileSketch.update", run_sketch, (rows,)),
-                            ("  (state creation)", create_sketch, ()),
-                            ("IoUTally.update", run_iou, (indicator, labels)),
-                            ("  (state creation) ", create_iou, ())):
-        results[name] = median_time(fn, *fargs, repeats=args.repeats)
-    fwd = results["vgg16 forward (batch 10, 224)"]
-    sketch = results["QuantileSketch.update"] - results["  (state creation)"]
-    iou = results["IoUTally.update"] - results["  (state creation) "]
+    results = {"forward": median_time(forward, *forward_args, repeats=args.repeats),
+               "sketch": steady_state(sketch_update, stats.QuantileSketch.create(512, args.resolution), rows),
+               "iou": steady_state(iou_update, stats.IoUTally.create(512, args.num_labels), indicator, labels)}
+    fwd, sketch, iou = results["forward"], results["sketch"], results["iou"]
     print(f"devices: {jax.devices()}")
     print(f"median of {args.repeats} runs, same process, same data")
     print(f"  vgg16 forward, batch 10 at 224: {fwd * 1e3:8.1f} ms")
