@@ -91,14 +91,19 @@ class ProgressiveGenerator(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         if z.ndim not in (2, 4) or z.size != z.shape[0] * self.z_dim:
             raise ValueError(f"ProgressiveGenerator expects z of shape (N, {self.z_dim}), got {z.shape}")
-        x = z.reshape(z.shape[0], 1, 1, self.z_dim)
-        ch = self.channels
-        x = NormConvBlock(ch[0], 4, 3, name="layer1")(x)
-        x = NormConvBlock(ch[0], 3, 1, name="layer2")(x)
-        for i, c in enumerate(ch[1:]):
-            x = NormConvBlock(c, 3, 1, upsample=True, name=f"layer{2 * i + 3}")(x)
-            x = NormConvBlock(c, 3, 1, name=f"layer{2 * i + 4}")(x)
-        return OutputConvBlock(name=output_name(ch))(x)
+        x = progressive_layers(z.reshape(z.shape[0], 1, 1, self.z_dim), self.channels)
+        return OutputConvBlock(name=output_name(self.channels))(x)
+
+
+def progressive_layers(x: jax.Array, channels: Sequence[int]) -> jax.Array:
+    """The layer1 .. layer<2*len(channels)> stack, called inside a parent's compact __call__:
+    a 4x4 conv on the 1x1 latent, then per resolution an upscaling block and a plain block."""
+    x = NormConvBlock(channels[0], 4, 3, name="layer1")(x)
+    x = NormConvBlock(channels[0], 3, 1, name="layer2")(x)
+    for i, c in enumerate(channels[1:]):
+        x = NormConvBlock(c, 3, 1, upsample=True, name=f"layer{2 * i + 3}")(x)
+        x = NormConvBlock(c, 3, 1, name=f"layer{2 * i + 4}")(x)
+    return x
 
 
 def build(config: Mapping[str, Any]) -> ProgressiveGenerator:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxdissect.models import registry
 from jaxdissect.models.layers import ConvReLU, DenseReLU, MaxPool, PixelNorm, WScale
-from jaxdissect.models.proggan import NormConvBlock
+from jaxdissect.models.proggan import layer_names, output_name, progressive_layers
 
 # ---- classifier --------------------------------------------------------------------------
 CLASSIFIER_STAGES = ((16,), (32,), (64, 64), (128, 128))  # conv widths per stage
@@ -123,20 +123,8 @@ class ToyGenerator(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"ToyGenerator expects z of shape (N, {self.z_dim}), got {z.shape}")
-        x = z.reshape(z.shape[0], 1, 1, self.z_dim)
-        ch = self.channels
-        x = NormConvBlock(ch[0], 4, 3, name="layer1")(x)
-        x = NormConvBlock(ch[0], 3, 1, name="layer2")(x)
-        for i, c in enumerate(ch[1:]):
-            x = NormConvBlock(c, 3, 1, upsample=True, name=f"layer{2 * i + 3}")(x)
-            x = NormConvBlock(c, 3, 1, name=f"layer{2 * i + 4}")(x)
-        r = 4 * 2 ** (len(ch) - 1)
-        return ToRGB(name=f"output_{r}x{r}")(x)
-
-
-def generator_layer_names(channels: Sequence[int] = GENERATOR_CHANNELS) -> tuple[str, ...]:
-    r = 4 * 2 ** (len(channels) - 1)
-    return tuple(f"layer{i}" for i in range(1, 2 * len(channels) + 1)) + (f"output_{r}x{r}",)
+        x = progressive_layers(z.reshape(z.shape[0], 1, 1, self.z_dim), self.channels)
+        return ToRGB(name=output_name(self.channels))(x)
 
 
 # ---- registration ------------------------------------------------------------------------
@@ -186,5 +174,5 @@ GENERATOR_SPEC = registry.register(registry.ModelSpec(
     name="toy_generator", kind="generator", build=build_generator,
     default_config={"z_dim": 64, "channels": list(GENERATOR_CHANNELS)}, input_size=None,
     normalization={"z": "standard_normal", "output_range": (-1, 1)},
-    default_layer="layer6", layer_names=generator_layer_names(),
+    default_layer="layer6", layer_names=layer_names(GENERATOR_CHANNELS),
     packaged_weights="weights/toy_generator"))
