@@ -398,18 +398,17 @@ def test_trained_toy_classifier_units_matter(toy_run):
     # Margin: the best 4 of 128 units cost each class (on average) at least 3x what 4 random
     # units cost, and at least 0.05 of balanced accuracy more in absolute terms.
     assert best_drop > 3 * random_drop and best_drop > random_drop + 0.05, (best_drop, random_drop)
-    # Keeping only a class's best 20 units (108 removed): the mean BA stays above 0.65 of the
-    # baseline's (chance is 0.5).
-    kept = np.nanmean(r.kept_ba[:, r.ns.index(20)])
-    assert kept > 0.65 * np.nanmean(base), (kept, r.kept_ba[:, r.ns.index(20)], base)
+    # Removing the best 20 leaves each class near chance (0.5) on average.
+    assert np.nanmean(r.removed_ba[:, r.ns.index(20)]) < 0.6, r.removed_ba
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: on the toy classifier 20 random units kept give mean BA 0.68, "
-                   "the class's best 20 kept 0.71 (baseline 0.99); the paper's keep-only contrast does not "
-                   "reproduce at N=20 of 128 units")
-def test_trained_toy_classifier_best_units_kept_beat_random_units_kept(toy_run):
+def test_trained_toy_classifier_keeps_most_accuracy_with_only_its_best_units(toy_run):
+    """Keeping only a class's best 20 of 128 units (108 removed) keeps at least 60% of the
+    baseline's balanced accuracy above chance (0.5), and beats keeping 20 random units by 0.1."""
     r = toy_run
     j = r.ns.index(20)
+    base = np.nanmean(r.baseline["balanced_accuracy"])
     kept, random_kept = np.nanmean(r.kept_ba[:, j]), np.nanmean(r.random_kept_ba[j])
+    assert kept - 0.5 >= 0.6 * (base - 0.5), (kept, base, r.kept_ba[:, j])
     assert kept > random_kept + 0.1, (kept, random_kept)
