@@ -110,4 +110,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from jaxdissect.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     sys.exit(main())

@@ -7,6 +7,10 @@ per pass), the segmenter once per image (none for exact labels), and the model o
 thumbnail image. Prints both and the ratio (goal: at most 1.15).
 
     python scripts/bench_dissect.py [--model toy_classifier] [--sample-size 1000]
+    python scripts/bench_dissect.py --model vgg16_places --random-weights --seg random-netpq --sample-size 100
+
+`--seg random-netpq` is the paper's segmenter configuration (UPP with parts and quadrants, the
+published network sizes) with random weights, for measuring without the download.
 """
 from __future__ import annotations
 
@@ -17,21 +21,9 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-
-def random_model(name: str):
-    """A LoadedModel with random weights, built from the registered spec."""
-    from jaxdissect.models import LoadedModel, get_spec
-
-    spec = get_spec(name)
-    module = spec.build(spec.default_config)
-    example = jnp.zeros((1, int(spec.default_config["z_dim"])) if spec.kind == "generator"
-                        else (1, *spec.input_size, 3))
-    variables = jax.jit(module.init)(jax.random.key(0), example)
-    return LoadedModel(spec.name, spec.kind, module, variables, dict(spec.default_config), spec.input_size,
-                       spec.normalization, spec.default_layer, tuple(spec.layer_names), None)
+from bench_common import random_model, random_upp_segmenter
 
 
 def main() -> None:
@@ -49,6 +41,9 @@ def main() -> None:
     from jaxdissect.dissect import DissectConfig, dissect, pipeline, sources
 
     model = random_model(args.model) if args.random_weights else None
+    segmenter = None
+    if args.seg == "random-netpq":
+        segmenter, args.seg = random_upp_segmenter(), "netpq"
 
     out = tempfile.mkdtemp(prefix="bench-dissect-")
     base = DissectConfig(model=args.model, dataset=args.dataset, seg=args.seg, batch_size=args.batch_size,
@@ -56,18 +51,19 @@ def main() -> None:
     try:
         import dataclasses
 
-        dissect(dataclasses.replace(base, sample_size=2 * args.batch_size, outdir=os.path.join(out, "warm")), model=model)
+        dissect(dataclasses.replace(base, sample_size=2 * args.batch_size, outdir=os.path.join(out, "warm")), model=model,
+                segmenter=segmenter)
         totals, thumbs = [], 0
         for r in range(args.repeats):
             cfg = dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, f"run{r}"))
             start = time.perf_counter()
-            [result] = dissect(cfg, model=model)
+            [result] = dissect(cfg, model=model, segmenter=segmenter)
             totals.append(time.perf_counter() - start)
             top = result.topk_indices[:, :cfg.strip_images]
             thumbs = len(np.unique(top[top >= 0]))
 
         setup = pipeline._Setup(dataclasses.replace(base, sample_size=args.sample_size, outdir=os.path.join(out, "x")),
-                                model=model)
+                                model=model, segmenter=segmenter)
         batches = [setup.source.load(r) for r in sources.batch_ranges(len(setup.source), setup.batch_size)]
         batches = [sources.pad_batch(b, setup.batch_size) for b in batches]
 

@@ -24,17 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402  (benchmark only: compares against the PyTorch reference)
 import torch_segmenters as ref  # noqa: E402
 
+from bench_common import synthetic_upp_labels  # noqa: E402
 from jaxdissect.segment.upp import UnifiedParsingSegmenter  # noqa: E402
-
-
-def synthetic_labels() -> dict:
-    """Class counts of the size of the published model's (objects, materials, scenes, parts)."""
-    objects = ["-"] + [f"object{i}" for i in range(1, 336)]
-    objects[1:4] = ["sky", "building", "person"]
-    parts = {o: [f"{o}-part{k}" for k in range(6)] for o in objects[1:30]}
-    return {"object": objects, "material": ["-"] + [f"material{i}" for i in range(25)],
-            "scene": [f"scene{i}" for i in range(365)], "part": sorted({p for v in parts.values() for p in v}),
-            "object_part": parts}
 
 
 def timed(fn, iters: int) -> float:
@@ -52,7 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    labels = synthetic_labels()
+    labels = synthetic_upp_labels()
     model = ref.build_upp(labels, seed=0)
     enc, dec = ref.state_dicts(model)
     seg = UnifiedParsingSegmenter.from_state_dicts(enc, dec, labels, segdiv="quad", all_parts=True)

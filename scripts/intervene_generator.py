@@ -68,4 +68,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from jaxdissect.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     main()

@@ -122,3 +122,27 @@ def test_several_layers_in_one_run(tmp_path):
         assert report["header"]["layer"] == r.layer and len(report["units"]) == r.iou.shape[1]
         assert os.path.exists(os.path.join(r.directory, "report.html"))
     assert results[0].directory != results[1].directory
+
+
+def test_scenes_source_memory_cache_serves_identical_batches(monkeypatch):
+    from jaxdissect.data.scenes import Scenes
+    from jaxdissect.dissect import sources
+
+    idx = np.array([3, 0, 7])
+    direct = Scenes("val", 8, image_size=32).batch(idx)
+    cached = sources.ScenesSource(size=8, image_size=32)
+    rendered = []
+    render = Scenes.__getitem__
+    monkeypatch.setattr(Scenes, "__getitem__", lambda self, i: rendered.append(i) or render(self, i))
+    for _ in range(2):  # the second read comes from memory
+        b = cached.load(idx)
+        np.testing.assert_array_equal(b.inputs, direct["image"])
+        np.testing.assert_array_equal(b.segmentation, direct["segmentation"])
+        assert b.segmentation.dtype == np.int32
+        np.testing.assert_array_equal(b.labels, direct["scene"])
+    assert rendered == [3, 0, 7]
+    # A budget of two scenes keeps the first two and renders the rest again each time.
+    small = sources.ScenesSource(size=8, image_size=32, cache_bytes=2 * 32 * 32 * 7 + 8)
+    small.load(idx)
+    small.load(idx)
+    assert sorted(small._cache) == [0, 3]

@@ -38,13 +38,15 @@ def unit_strips(setup, result) -> dict[int, np.ndarray]:
         return out, acts[layer]
 
     for rng in sources.batch_ranges(len(wanted), setup.batch_size):
-        batch = setup.source.load(wanted[rng])
+        # padded to the pass batch size, so one compilation serves every batch
+        batch = sources.pad_batch(setup.source.load(wanted[rng]), setup.batch_size)
         out, acts = run(setup.model.variables, batch.inputs)
         if up is None:
-            up = upsampler((size, size), tuple(acts.shape[1:3]))
-        on = np.asarray(up(acts) > thresholds)
+            resample = upsampler((size, size), tuple(acts.shape[1:3]))
+            up = jax.jit(lambda a: resample(a) > thresholds)
+        on = np.asarray(up(acts))
         shown = _display_images(setup, batch.inputs, out)
-        for j, idx in enumerate(batch.indices):
+        for j, idx in enumerate(batch.indices[:len(rng)]):
             images[int(idx)] = thumbnail(shown[j], size)
             masks[int(idx)] = on[j]
     strips = {}

@@ -25,24 +25,46 @@ class Batch:
 
 
 class ScenesSource:
-    """The embedded scenes world (val split by default), which carries its exact segmentation."""
+    """The embedded scenes world (val split by default), which carries its exact segmentation.
+
+    Rendering a scene costs more than the toy classifier's forward, and every pass (and the
+    thumbnails) reads the same scenes again, so rendered scenes are kept in memory up to
+    `cache_bytes` (segmentations stored as uint8); past that budget they are rendered again."""
 
     kind = "images"
 
-    def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128):
+    def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128,
+                 cache_bytes: int = 512 << 20):
         from jaxdissect.data.scenes import Scenes
 
         self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size)
         self.labels = self.dataset.labels
         self.classes = tuple(self.dataset.classes)
+        per_scene = image_size * image_size * (3 + 4) + 4
+        self._cache_capacity = max(0, int(cache_bytes) // per_scene)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._seg_dtype = np.uint8 if len(self.labels.names) <= 256 else np.int32
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _scene(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
+        hit = self._cache.get(i)
+        if hit is not None:
+            return hit
+        item = self.dataset[i]
+        scene = (item["image"], item["segmentation"].astype(self._seg_dtype), int(item["scene"]))
+        if len(self._cache) < self._cache_capacity:
+            self._cache[i] = scene
+        return scene
+
     def load(self, indices: Sequence[int]) -> Batch:
-        b = self.dataset.batch(indices)
-        return Batch(np.asarray(indices, np.int32), b["image"], np.ones(len(indices), bool), b["segmentation"],
-                     labels=b["scene"])
+        items = [self._scene(int(i)) for i in indices]
+        s = self.dataset.image_size
+        images = np.stack([it[0] for it in items]) if items else np.zeros((0, s, s, 3), np.uint8)
+        seg = np.stack([it[1] for it in items]).astype(np.int32) if items else np.zeros((0, 4, s, s), np.int32)
+        labels = np.asarray([it[2] for it in items], np.int32)
+        return Batch(np.asarray(indices, np.int32), images, np.ones(len(indices), bool), seg, labels=labels)
 
 
 class FolderSource:
