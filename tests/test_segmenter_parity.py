@@ -188,3 +188,49 @@ def test_upp_full_size_parity():
         assert rel_err(nchw(got_raw[head]), raw[head].numpy()) < REL, head
     assert rel_err(got_raw["scene"], raw["scene"].numpy()) < REL
     np.testing.assert_array_equal(np.asarray(seg.segment(jnp.asarray(img), 4)), want)
+
+
+def test_segmenter_networks_load_as_registered_models(tmp_path, monkeypatch, upp_torch, color_torch):
+    """models.load('upp_segmenter' / 'color_segmenter'): from a folder of the original's files, and
+    by default from the cache's copy of them; the bare network equals the segmenter's, layers capture."""
+    import jaxdissect
+    from jaxdissect import models
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("JAXDISSECT_HOME", str(home))
+    _write_model_folder(home / "segmodel" / "upp-resnet50-upernet", upp_torch, UPP_LABELS, 40)
+    _write_model_folder(tmp_path / "color", color_torch, COLOR_META, 20)
+    x = jnp.asarray(np.random.default_rng(4).normal(0, 60, (1, 64, 64, 3)).astype(np.float32))
+
+    upp = models.load("upp_segmenter")  # the cache already holds the files: nothing is downloaded
+    assert upp.kind == "segmenter" and upp.config["num_object"] == len(UPP_LABELS["object"])
+    wrapper = UnifiedParsingSegmenter.from_state_dicts(*ref.state_dicts(upp_torch), UPP_LABELS)
+    out, acts = jaxdissect.capture(upp, x, layers=("encoder.layer4", "decoder.conv_fusion"))
+    want = wrapper.logits(wrapper.variables, x)
+    for k in ("object", "part", "material", "scene"):
+        np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(want[k]))
+    with torch.no_grad():
+        feats = upp_torch.encoder(torch.from_numpy(nchw(x).copy()))
+    assert rel_err(nchw(acts["encoder.layer4"]), feats[-1].numpy()) < REL
+    assert acts["decoder.conv_fusion"].shape[-1] == 16
+
+    color = models.load("color_segmenter", weights=tmp_path / "color")
+    assert color.config["num_class"] == len(COLOR_META["labels"])
+    with torch.no_grad():
+        want = color_torch(torch.from_numpy(nchw(x).copy())).numpy()
+    out, _ = jaxdissect.capture(color, x, layers=())
+    assert rel_err(nchw(out), want) < REL
+
+    # python -m weight_conversion writes a weights folder that loads like any other
+    from weight_conversion.__main__ import main as convert_main
+
+    assert convert_main(["--model", "color_segmenter", "--pth", str(tmp_path / "color"),
+                         "--out", str(tmp_path / "converted")]) == 0
+    again = models.load("color_segmenter", weights=tmp_path / "converted")
+    np.testing.assert_array_equal(np.asarray(jaxdissect.capture(again, x, layers=())[0]), np.asarray(out))
+
+    with pytest.raises(ValueError, match="pass the folder"):
+        models.load("upp_segmenter", weights=home / "segmodel" / "upp-resnet50-upernet" / "encoder_epoch_40.pth")
+    with pytest.raises(FileNotFoundError, match="labels.json"):
+        os.remove(tmp_path / "color" / "labels.json")
+        models.load("color_segmenter", weights=tmp_path / "color")

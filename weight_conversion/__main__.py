@@ -19,9 +19,20 @@ def _model_list() -> str:
     lines = []
     for name in available():
         spec = get_spec(name)
-        src = os.path.basename(spec.url) if spec.url else ("packaged" if spec.packaged_weights else "--pth only")
+        src = (os.path.basename(spec.url) if spec.url else "packaged" if spec.packaged_weights
+               else "original files (--pth FOLDER, or downloaded)" if spec.original_files else "--pth only")
         lines.append(f"  {name:26s} {spec.kind:10s} {src}")
     return "\n".join(lines)
+
+
+def _takes_folder(model: str) -> bool:
+    """Whether the model converts from a folder of original files (the segmenters)."""
+    from jaxdissect.models.loading import get_spec
+
+    try:
+        return get_spec(model).original_files is not None
+    except KeyError:
+        return False
 
 
 def _parser(epilog: str) -> argparse.ArgumentParser:
@@ -34,7 +45,8 @@ def _parser(epilog: str) -> argparse.ArgumentParser:
             "checksum verified.", 78),
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="registered model name (see the list below)")
-    p.add_argument("--pth", metavar="FILE", help="a local .pth file to convert instead of downloading the official one")
+    p.add_argument("--pth", metavar="FILE", help="a local .pth file to convert instead of downloading the official one "
+                                                  "(for the segmenters: the folder of their original files)")
     p.add_argument("--out", metavar="DIR", help="output weights folder (default: <cache>/weights/<model>)")
     p.add_argument("--register", metavar="MODULE", action="append", default=[],
                    help="import MODULE first so the models it registers can be converted (repeatable; "
@@ -66,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--model is required (see the list of models below --help)")
     from weight_conversion.convert import convert_checkpoint
 
-    if args.pth is not None and not os.path.isfile(args.pth):
+    if args.pth is not None and not (os.path.isfile(args.pth) or _takes_folder(args.model) and os.path.isdir(args.pth)):
         print(f"error: --pth {args.pth!r}: no such file", file=sys.stderr)
         return 2
     try:

@@ -104,13 +104,23 @@ def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = Non
     from jaxdissect.models.weights_io import save_weights
 
     spec = get_spec(model_name)
+    out_dir = os.fspath(out_dir) if out_dir is not None else str(cache.weights_dir(model_name))
+    if spec.original_files is not None:  # several files (encoder, decoder, labels.json) in a folder
+        folder = None if pth_path is None else os.fspath(pth_path)
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"model {model_name!r} is made of several original files (encoder, decoder, "
+                             f"labels.json): pass the folder holding them, not {folder!r}")
+        variables, config = spec.original_files(folder)
+        config = {**dict(spec.default_config), **config}
+        variables = check_variables(spec.name, variables, expected_variables(spec, config))
+        save_weights(out_dir, model_name, variables, config, source=os.path.basename(folder or "") or "download")
+        return out_dir
     source_url = None
     if pth_path is None:
         pth_path, source_url = fetch_checkpoint(spec), spec.url
     pth_path = os.fspath(pth_path)
     state = read_pth(pth_path)
     variables, config = convert_state(spec, state)
-    out_dir = os.fspath(out_dir) if out_dir is not None else str(cache.weights_dir(model_name))
     _, sha256 = file_hashes(pth_path)
     save_weights(out_dir, model_name, variables, config, source=os.path.basename(pth_path),
                  source_sha256=sha256, source_url=source_url)

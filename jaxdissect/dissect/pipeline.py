@@ -172,6 +172,9 @@ class _Setup:
 
         self.config = config
         self.model = model if model is not None else load(resolve_model_name(config), config.weights)
+        if self.model.kind not in ("classifier", "generator"):
+            raise ValueError(f"{self.model.name} is a {self.model.kind}; the dissection takes a classifier or a "
+                             "generator (segmenters are given with --seg)")
         self.layers = resolve_layers(self.model, config.layers)
         self.seg_name = default_seg(config, self.model)
         self.source = source if source is not None else make_source(config, self.model)

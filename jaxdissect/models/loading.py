@@ -84,6 +84,8 @@ def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
 
     if spec.packaged_weights:
         return _load_folder(spec, _package_dir() / spec.packaged_weights)
+    if spec.original_files is not None:
+        return _original_files(spec, None)
     if spec.convert is None:
         raise ValueError(f"model {spec.name!r} has no packaged weights and no checkpoint to convert; "
                          "pass weights=DIR")
@@ -91,6 +93,15 @@ def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
     if not (folder / META_FILE).is_file():
         convert_checkpoint(spec.name, out_dir=folder)
     return _load_folder(spec, folder)
+
+
+def _original_files(spec: ModelSpec, folder: str | None) -> tuple[Any, dict]:
+    """Variables and config converted from the original's files, checked against the module."""
+    from weight_conversion.convert import check_variables, expected_variables
+
+    variables, config = spec.original_files(folder)
+    config = {**dict(spec.default_config), **config}
+    return check_variables(spec.name, variables, expected_variables(spec, config)), config
 
 
 def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any, dict]:
@@ -109,13 +120,20 @@ def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any
     return _load_folder(spec, folder)
 
 
+def _is_weights_folder(path: str) -> bool:
+    from jaxdissect.models.weights_io import META_FILE
+
+    return os.path.isfile(os.path.join(path, META_FILE))
+
+
 def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = True) -> LoadedModel:
     """The model `name` with its weights, as a frozen LoadedModel.
 
     weights=None: the packaged weights, or the converted official checkpoint (downloaded and
     converted into the cache on first use). weights=DIR: a weights folder (weights_io format).
     weights=FILE.pth: converted into the cache under the file's hash (or in memory with
-    cache=False).
+    cache=False). The segmenters (`upp_segmenter`, `color_segmenter`) take weights=None (the
+    original's files, downloaded into the cache) or a folder of those files, converted at load.
     """
     import jax
     import jax.numpy as jnp
@@ -125,8 +143,13 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
         variables, config = _default_weights(spec)
     else:
         path = os.fspath(weights)
-        if os.path.isdir(path):
+        if os.path.isdir(path) and spec.original_files is not None and not _is_weights_folder(path):
+            variables, config = _original_files(spec, path)
+        elif os.path.isdir(path):
             variables, config = _load_folder(spec, path)
+        elif os.path.isfile(path) and spec.original_files is not None:
+            raise ValueError(f"model {name!r} is made of several original files (encoder, decoder, labels.json): "
+                             f"pass the folder holding them, not {path!r}")
         elif os.path.isfile(path):
             variables, config = _pth_weights(spec, path, cache)
         else:

@@ -38,6 +38,9 @@ class ModelSpec:
     packaged_weights: str | None = None
     # When the layers depend on the checkpoint (e.g. a generator's depth): config -> layer names.
     layer_names_for: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
+    # Models made of several original files (the segmenters): folder holding them, or None for
+    # the cached download -> (variables, config).
+    original_files: Callable[[Any], tuple[Any, dict]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,7 @@ _BUILTIN_MODULES = (
     "jaxdissect.models.resnet152",
     "jaxdissect.models.proggan",
     "jaxdissect.models.toy",
+    "jaxdissect.models.segmenter_nets",
 )
 _builtins_loaded = False
 
