@@ -23,7 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "resnet152_places, proggan_<domain>) or the original's alexnet/vgg16/resnet152/progan")
     p.add_argument("--dataset", default=None,
                    help="'scenes' (the embedded world, default for classifiers), 'places' (Places365 val, "
-                        "downloaded once), or a folder of images; for progan, the domain (church, kitchen, ...)")
+                        "downloaded once), a folder of images, or tfds:NAME[:SPLIT] (a prepared tensorflow-datasets "
+                        "dataset, e.g. tfds:places365_small); for progan, the domain (church, kitchen, ...)")
     p.add_argument("--seg", default=None,
                    help="segmenter: scenes (exact labels), toy, net, netp, netq, netpq, netpqc "
                         "(default: scenes for the scenes world, toy for toy_generator, netpqc otherwise)")

@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="toy_classifier", help="registered classifier (toy_classifier, vgg16_places, "
                    "alexnet_places, resnet152_places) or the original's vgg16/alexnet/resnet152")
     p.add_argument("--dataset", default=None, help="'scenes' (default for toy models), 'places' (default otherwise; "
-                   "downloaded once), or a folder with train/ and val/ class folders")
+                   "downloaded once), tfds:NAME (its train and validation splits, e.g. tfds:places365_small), "
+                   "or a folder with train/ and val/ class folders")
     p.add_argument("--layer", default=None, help="layer to ablate (default: the model's default layer)")
     p.add_argument("--train-size", type=int, default=None,
                    help="images used to rank units (default: 2000 scenes; for Places as many as val)")

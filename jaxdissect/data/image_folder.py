@@ -30,13 +30,18 @@ def find_images(root: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+def prepare_image(im: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """uint8 (crop, crop, 3) RGB: square resize (bilinear) then centre crop, as the original."""
+    im = im.convert("RGB").resize((resize, resize), Image.BILINEAR)
+    left = (resize - crop) // 2
+    return np.asarray(im.crop((left, left, left + crop, left + crop)), np.uint8)
+
+
 def load_image(path: str, resize: int, crop: int) -> np.ndarray:
     """uint8 (crop, crop, 3): square resize then centre crop. Raises OSError/ValueError if unreadable."""
     with Image.open(path) as im:
         im.load()
-        im = im.convert("RGB").resize((resize, resize), Image.BILINEAR)
-    left = (resize - crop) // 2
-    return np.asarray(im.crop((left, left, left + crop, left + crop)), np.uint8)
+        return prepare_image(im, resize, crop)
 
 
 class ImageFolder:

@@ -84,7 +84,7 @@ def resolve_model_name(config: DissectConfig) -> str:
 def result_dir(config: DissectConfig, model_name: str, layer: str, seg: str) -> str:
     """The original's naming: <model>-<dataset>-<seg>-<layer>[-<quantile*1000>][-t<thumbsize>]."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    dataset = os.path.basename(os.path.normpath(config.dataset)) if os.path.sep in config.dataset else config.dataset
+    dataset = dataset_short_name(config.dataset)
     if short.startswith("proggan_"):
         short, dataset = "progan", short[len("proggan_"):]
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
@@ -94,6 +94,18 @@ def result_dir(config: DissectConfig, model_name: str, layer: str, seg: str) -> 
     if config.thumbsize != 100:
         name += f"-t{config.thumbsize}"
     return os.path.join(config.outdir, name)
+
+
+def dataset_short_name(dataset: str) -> str:
+    """The dataset's part of a results folder name: a folder's base name, a tfds dataset's name
+    (with its split unless 'validation'), or the name given."""
+    from jaxdissect.data.tfds_images import parse_tfds_name
+
+    tfds_name = parse_tfds_name(dataset)
+    if tfds_name is not None:
+        name, split = tfds_name
+        return name if split == "validation" else f"{name}-{split}"
+    return os.path.basename(os.path.normpath(dataset)) if os.path.sep in dataset else dataset
 
 
 def resolve_layers(model, requested: Sequence[str]) -> tuple[str, ...]:
@@ -122,11 +134,17 @@ def default_seg(config: DissectConfig, model) -> str:
 
 
 def make_source(config: DissectConfig, model):
-    """The samples: z for generators, the scenes world, or an image folder / Places365 val."""
+    """The samples: z for generators, the scenes world, an image folder / Places365 val, or a
+    prepared tfds dataset ('tfds:places365_small')."""
     if model.kind == "generator":
         return sources.ZSource(config.sample_size or 10_000, int(model.z_dim))
     if config.dataset == "scenes":
         return sources.ScenesSource(size=config.sample_size or 1000, image_size=model.input_size[0])
+    from jaxdissect.data.tfds_images import parse_tfds_name
+
+    tfds_name = parse_tfds_name(config.dataset)
+    if tfds_name is not None:
+        return sources.TfdsSource(*tfds_name, crop=model.input_size[0], size=config.sample_size)
     root = config.dataset
     if config.dataset == "places":
         from jaxdissect.data.places import ensure_places_val

@@ -88,6 +88,29 @@ class FolderSource:
         return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"], b["label"])
 
 
+class TfdsSource:
+    """A prepared tensorflow-datasets image dataset (e.g. places365_small validation) through
+    `tfds.data_source`, prepared as FolderSource prepares images; tfds's order."""
+
+    kind = "images"
+    labels = None
+
+    def __init__(self, name: str, split: str = "validation", crop: int = 224, size: int | None = None,
+                 data_dir: str | None = None, data: Any = None):
+        from jaxdissect.data.tfds_images import TfdsImages, open_data_source
+
+        self.dataset = TfdsImages(data if data is not None else open_data_source(name, split, data_dir), crop=crop)
+        self.size = len(self.dataset) if size is None else min(size, len(self.dataset))
+        self.classes = self.dataset.classes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, indices: Sequence[int]) -> Batch:
+        b = self.dataset.batch(indices)
+        return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"], b["label"])
+
+
 class ZSource:
     """z ~ N(0, I) from numpy RandomState(seed), the original's generator samples."""
 

@@ -174,7 +174,9 @@ class AdversarialResult:
 def experiment_dir(config: AdversarialConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-adversarial-<layer>-<attack>."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    dataset = os.path.basename(os.path.normpath(config.dataset))
+    from jaxdissect.dissect.pipeline import dataset_short_name
+
+    dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
     return os.path.join(config.outdir, f"{short}-{dataset}-adversarial-{layer_short}-{attack_name(config.attack)}")
 

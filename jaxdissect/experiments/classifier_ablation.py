@@ -401,7 +401,9 @@ class InterventionResult:
 def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    dataset = os.path.basename(os.path.normpath(config.dataset))
+    from jaxdissect.dissect.pipeline import dataset_short_name
+
+    dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
     return os.path.join(config.outdir, f"{short}-{dataset}-intervention-{layer_short}")
 
@@ -414,6 +416,12 @@ def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     if config.dataset == "scenes":
         return (sources.ScenesSource(config.train_size or 2000, split="train", image_size=size),
                 sources.ScenesSource(config.val_size or 1000, split="val", image_size=size))
+    from jaxdissect.data.tfds_images import parse_tfds_name
+
+    tfds_name = parse_tfds_name(config.dataset)
+    if tfds_name is not None:  # the ranking split is tfds's 'train', the measuring one the split named
+        val = sources.TfdsSource(*tfds_name, crop=size, size=config.val_size)
+        return sources.TfdsSource(tfds_name[0], "train", crop=size, size=config.train_size or len(val)), val
     if config.dataset == "places":
         from jaxdissect.data.places import ensure_places_val
 
@@ -425,7 +433,8 @@ def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
                 raise FileNotFoundError(f"dataset folder {config.dataset!r} needs train/ and val/ class folders; "
                                         f"{root!r} is missing")
     else:
-        raise ValueError(f"unknown dataset {config.dataset!r}: use 'scenes', 'places' or a folder with train/ and val/")
+        raise ValueError(f"unknown dataset {config.dataset!r}: use 'scenes', 'places', tfds:NAME or a folder with "
+                         "train/ and val/")
     val = sources.FolderSource(val_root, crop=size, size=config.val_size)
     train = sources.FolderSource(train_root, crop=size, size=config.train_size or len(val))
     return train, val
@@ -519,7 +528,7 @@ def _dissection(config: InterventionConfig, model, layer: str, model_given: bool
     from jaxdissect.dissect import DissectConfig, dissect
 
     dataset = config.dataset
-    if dataset not in ("scenes", "places"):
+    if dataset not in ("scenes", "places") and not dataset.startswith("tfds:"):
         dataset = os.path.join(dataset, "val")
     cfg = DissectConfig(model=config.model, dataset=dataset,
                         seg=config.seg, layers=(layer,), outdir=config.outdir, devices=config.devices,
