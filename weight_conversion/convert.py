@@ -81,6 +81,14 @@ def convert_state(spec: ModelSpec, state: Mapping[str, np.ndarray]) -> tuple[dic
     return check_variables(spec.name, variables, expected_variables(spec, config)), config
 
 
+def convert_original_files(spec: ModelSpec, folder: str | os.PathLike | None) -> tuple[dict, dict]:
+    """(variables, config) of a model made of several original files (the segmenters), from the
+    folder holding them (None: the cached download), checked against the module."""
+    variables, config = spec.original_files(folder)
+    config = {**dict(spec.default_config), **config}
+    return check_variables(spec.name, variables, expected_variables(spec, config)), config
+
+
 def fetch_checkpoint(spec: ModelSpec) -> str:
     """The model's official .pth in the cache, downloading (and verifying) it when absent."""
     if not spec.url:
@@ -110,9 +118,7 @@ def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = Non
         if folder is not None and not os.path.isdir(folder):
             raise ValueError(f"model {model_name!r} is made of several original files (encoder, decoder, "
                              f"labels.json): pass the folder holding them, not {folder!r}")
-        variables, config = spec.original_files(folder)
-        config = {**dict(spec.default_config), **config}
-        variables = check_variables(spec.name, variables, expected_variables(spec, config))
+        variables, config = convert_original_files(spec, folder)
         save_weights(out_dir, model_name, variables, config, source=os.path.basename(folder or "") or "download")
         return out_dir
     source_url = None

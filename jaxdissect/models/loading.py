@@ -85,7 +85,9 @@ def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
     if spec.packaged_weights:
         return _load_folder(spec, _package_dir() / spec.packaged_weights)
     if spec.original_files is not None:
-        return _original_files(spec, None)
+        from weight_conversion.convert import convert_original_files
+
+        return convert_original_files(spec, None)
     if spec.convert is None:
         raise ValueError(f"model {spec.name!r} has no packaged weights and no checkpoint to convert; "
                          "pass weights=DIR")
@@ -93,15 +95,6 @@ def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
     if not (folder / META_FILE).is_file():
         convert_checkpoint(spec.name, out_dir=folder)
     return _load_folder(spec, folder)
-
-
-def _original_files(spec: ModelSpec, folder: str | None) -> tuple[Any, dict]:
-    """Variables and config converted from the original's files, checked against the module."""
-    from weight_conversion.convert import check_variables, expected_variables
-
-    variables, config = spec.original_files(folder)
-    config = {**dict(spec.default_config), **config}
-    return check_variables(spec.name, variables, expected_variables(spec, config)), config
 
 
 def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any, dict]:
@@ -144,7 +137,9 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
     else:
         path = os.fspath(weights)
         if os.path.isdir(path) and spec.original_files is not None and not _is_weights_folder(path):
-            variables, config = _original_files(spec, path)
+            from weight_conversion.convert import convert_original_files
+
+            variables, config = convert_original_files(spec, path)
         elif os.path.isdir(path):
             variables, config = _load_folder(spec, path)
         elif os.path.isfile(path) and spec.original_files is not None:
