@@ -189,6 +189,27 @@ def test_planted_classifier_attacks_change_exactly_the_planted_units(tmp_path):
         len(batch["l2"]), -1), axis=1), batch["l2"], rtol=1e-3)
 
 
+def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
+    """The attack experiment ranks units exactly as the classifier intervention experiment does
+    (same fingerprint, same tie-break), so that experiment reads the stage back instead of
+    recomputing it: here from a source that fails on its first read."""
+    from jaxdissect import parallel
+    from jaxdissect.experiments import classifier_ablation as ca
+
+    result = run_planted(tmp_path)
+    model = planted_model()
+    icfg = ca.InterventionConfig(model=model.name, dataset="planted", outdir=str(tmp_path), batch_size=8,
+                                 progress=False)
+    stages = ca._Stages(ca.experiment_dir(icfg, model.name, "units"))
+    train, _ = planted_sources()
+    unreadable = ArraySource(train.images, train.labels, train.classes, fail_at_call=0)
+    single = np.concatenate([np.zeros((1, U), np.float32), np.eye(U, dtype=np.float32)])
+    stage = ca.run_masks_stage(stages, "train_single", model, "units", unreadable, single, K + 1, icfg,
+                               parallel.make_mesh(1), {**ca.stage_fingerprint(model, "units"), "split": "train"}, "")
+    assert unreadable.calls == 0
+    np.testing.assert_array_equal(ca.ranking_from_stage(stage, icfg.tie_break), result.ranking)
+
+
 def test_killed_run_resumes_on_another_device_count_with_the_same_results(tmp_path):
     _, val = planted_sources()
     full = run_planted(tmp_path / "a", devices=8, val=val)

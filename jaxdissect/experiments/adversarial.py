@@ -231,11 +231,11 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
     units = int(jax.eval_shape(ca.layer_forward(model, layer), model.variables,
                                jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)).shape[-1])
     single = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
-    fingerprint = {"model": model.name, "layer": layer, "weights": config.weights or "default", "split": "train"}
+    fingerprint = {**ca.stage_fingerprint(model, layer), "split": "train"}  # the intervention experiment's
     with runstate.ExclusiveRun(directory):
         train = ca.run_masks_stage(stages, "train_single", model, layer, train_source, single, num_classes, icfg,
                                    mesh, fingerprint, "ranking: single units (train)")
-    return ca.rank_units(train["balanced_accuracy"][1:]).astype(np.int64)
+    return ca.ranking_from_stage(train, icfg.tie_break).astype(np.int64)
 
 
 def _predict_fn(model, mesh):
@@ -322,7 +322,7 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
     size = parallel.padded_batch_size(config.batch_size, mesh)
     step = shard_step(attack_step(model, layer, config.attack), mesh)
     replicated = parallel.replicate(mesh, model.variables)
-    base = {"model": model.name, "weights": config.weights or "default", "layer": layer,
+    base = {**ca.stage_fingerprint(model, layer),
             "attack": attack_description(config.attack), "target": int(target), "seed": config.seed}
     parts = []
     for b, start in enumerate(range(0, len(indices), size)):

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +227,18 @@ def _variables_hash(variables) -> str:
         h.update(str((a.shape, a.dtype.str)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def stage_fingerprint(model, layer: str) -> dict:
+    """What a cached stage depends on besides its masks and samples: the model's name, the layer
+    and a digest of the weights (so stages of other weights are never reused)."""
+    return {"format": 2, "model": model.name, "layer": layer, "weights": _variables_hash(model.variables)}
+
+
+def ranking_from_stage(single_unit: Mapping[str, np.ndarray], tie_break: bool = True) -> np.ndarray:
+    """The (classes, units) ranking from a single-unit stage's metrics (row 0 is the baseline)."""
+    return rank_units(single_unit["balanced_accuracy"][1:],
+                      single_unit["mean_true_logprob"][1:] if tie_break else None)
 
 
 _COUNT_FIELDS = ("true", "pred", "correct", "total")
@@ -576,7 +588,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)
     stages = _Stages(directory)
-    base_fp = {"format": 2, "model": model.name, "layer": layer, "weights": _variables_hash(model.variables)}
+    base_fp = stage_fingerprint(model, layer)
     ranking_fp = {**base_fp, "tie_break": bool(config.tie_break)}
 
     with contextlib.ExitStack() as stack:
@@ -589,7 +601,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
         val = run_masks_stage(stages, "val_single", model, layer, val_source, single, num_classes, config,
                               mesh, {**base_fp, "split": "val"}, "single units (val)")
         train_single_ba = train["balanced_accuracy"][1:]
-        ranking = rank_units(train_single_ba, train["mean_true_logprob"][1:] if config.tie_break else None)
+        ranking = ranking_from_stage(train, config.tie_break)
 
         removed = best_n_masks(ranking, ns)  # (classes, len(ns), units)
         rand = random_masks(ns, units, config.random_draws, config.seed)
