@@ -1,347 +1,30 @@
 """Classifier unit ablation (the paper's Fig. 3): what a layer's units do for each class.
 
-Pure pieces, composable in user code:
-- `update_mask_counts`: per-class counts of a batch's predictions under many unit masks at once;
-- `mask_counts_step`: a batch step (capture the layer once, run only the network's tail for every
-  mask) that `steps.sharded_pass` runs over a device mesh;
-- `rank_units`, `best_n_masks`, `curve_masks`, `random_masks`: which units to remove, from the
-  single-unit ablation balanced accuracy on the ranking split (most damaging unit first);
-- `unit_importance`, `importance_vs_iou`: in how many classes' top 4 a unit is, against its IoU.
-
-`evaluate_masks` runs a set of masks over a whole source with per-batch checkpoints (a killed run
-resumes where it stopped); `run_experiment` is the resumable driver of the whole experiment.
+The pieces, composable in user code, live in `mask_sweep` (per-class counts under many unit
+masks, resumable over a source) and `unit_ranking` (rankings, masks, importance); they are
+re-exported here. `run_experiment` is the resumable driver of the whole experiment.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax import struct
-
-from jaxdissect.experiments.class_metrics import ClassCounts
-from jaxdissect.experiments.sweep import tail_function
+from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
+                                               masks_digest, model_input_function, stage_fingerprint, sweep_logits,
+                                               tally_arrays)
+from jaxdissect.experiments.unit_ranking import (IMPORTANT_CUTOFF, best_n_masks, clip_ns, curve_masks,  # noqa: F401
+                                                 importance_vs_iou, own_class, rank_units, random_masks,
+                                                 ranking_from_stage, unit_importance)
 
 DEFAULT_NS = (1, 2, 3, 4, 5, 20, 64, 128, 256)
-IMPORTANT_CUTOFF = 4  # a unit is important to a class when it is among the class's 4 most damaging
 METRICS = ("precision", "recall", "accuracy", "true_negative_rate", "balanced_accuracy")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure pieces: counts under many masks, rankings, masks, importance
-
-
-@struct.dataclass
-class MaskTally:
-    """Per-mask class counts plus, per class, the summed log-probability the network gives the
-    true class on that class's images (a continuous measure that orders units whose removal
-    alone flips no prediction). Additive: merges and all-reduces by summing."""
-
-    counts: ClassCounts  # (masks, classes) arrays, (masks,) totals
-    logprob: jax.Array  # (masks, classes) float32
-
-    @classmethod
-    def create(cls, num_masks: int, num_classes: int) -> "MaskTally":
-        zero = ClassCounts.create(num_classes)
-        counts = jax.tree.map(lambda a: jnp.zeros((num_masks,) + a.shape, a.dtype), zero)
-        return cls(counts, jnp.zeros((num_masks, num_classes), jnp.float32))
-
-    def update(self, logits: jax.Array, labels: jax.Array, ok: jax.Array | None = None) -> "MaskTally":
-        """Add logits (masks, N, classes) of one batch with true `labels` (N,)."""
-        labels = jnp.asarray(labels, jnp.int32)
-        w = jnp.ones(labels.shape, jnp.float32) if ok is None else jnp.asarray(ok, jnp.float32)
-        classes = self.logprob.shape[1]
-        safe = jnp.clip(labels, 0, classes - 1)
-
-        def one(counts, lp_sum, lg):
-            true_lp = jnp.take_along_axis(jax.nn.log_softmax(lg, -1), safe[:, None], -1)[:, 0]
-            lp_sum = lp_sum.at[labels].add(jnp.where(w > 0, true_lp, 0.0), mode="drop")
-            return counts.update(jnp.argmax(lg, -1), labels, ok), lp_sum
-
-        counts, logprob = jax.vmap(one)(self.counts, self.logprob, logits)
-        return MaskTally(counts, logprob)
-
-    def merge(self, other: "MaskTally") -> "MaskTally":
-        return jax.tree.map(jnp.add, self, other)
-
-    def all_reduce(self, axis_name) -> "MaskTally":
-        return jax.tree.map(lambda a: jax.lax.psum(a, axis_name), self)
-
-    def metrics(self) -> dict[str, np.ndarray]:
-        """The original's per-class metrics for every mask, plus the mean true-class
-        log-probability: {name: (masks, classes)} numpy arrays."""
-        out = {k: np.asarray(v) for k, v in jax.vmap(lambda c: c.metrics())(self.counts).items()}
-        true = np.asarray(self.counts.true, np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["mean_true_logprob"] = np.where(true > 0, np.asarray(self.logprob, np.float64) / true, np.nan)
-        return out
-
-
-def sweep_logits(tail: Callable, variables, acts: jax.Array, masks: jax.Array, chunk: int = 32) -> jax.Array:
-    """Logits (num_masks, N, classes) of the tail on acts * (1 - mask) for every mask, `chunk`
-    masks at a time (vmapped), so memory stays chunk x the batch."""
-    num = masks.shape[0]
-    pad = (-num) % chunk
-    padded = jnp.concatenate([masks, jnp.zeros((pad, masks.shape[1]), masks.dtype)]) if pad else masks
-    one = lambda mask: tail(variables, acts * (1 - mask.astype(acts.dtype)))  # noqa: E731
-    out = jax.lax.map(jax.vmap(one), padded.reshape(-1, chunk, masks.shape[1]))
-    return out.reshape(-1, *out.shape[2:])[:num]
-
-
-def mask_counts_step(forward: Callable, tail: Callable, model_input: Callable, chunk: int = 32) -> Callable:
-    """A batch step `(tally, (variables, masks), inputs, labels, ok) -> tally` for `sharded_pass`.
-
-    `forward(variables, x)` gives the layer's activations (the rest of the network is dead code),
-    `tail(variables, acts)` the logits from the layer on, `model_input(inputs)` the normalized
-    model input. Each batch runs the head once and the tail once per mask (vmapped, `chunk` masks
-    at a time)."""
-
-    def per_device(tally, replicated, inputs, labels, ok):
-        variables, masks = replicated
-        acts = forward(variables, model_input(inputs))
-        return tally.update(sweep_logits(tail, variables, acts, masks, chunk), labels, ok)
-
-    return per_device
-
-
-def own_class(ba: np.ndarray) -> np.ndarray:
-    """(classes, n) from (classes, n, classes): entry [c, i] is class c's own metric in [c, i, c]."""
-    c = np.arange(ba.shape[0])
-    return ba[c, :, c]
-
-
-def clip_ns(ns: Sequence[int], num_units: int) -> tuple[int, ...]:
-    """The unit counts N that make sense for a layer: 1 <= N < num_units, sorted, unique."""
-    return tuple(sorted({int(n) for n in ns if 1 <= int(n) < num_units}))
-
-
-def rank_units(single_unit_ba: np.ndarray, tie_break: np.ndarray | None = None) -> np.ndarray:
-    """(classes, units) unit ids per class, the most damaging first: ascending balanced accuracy
-    of the class when that unit alone is removed ((units, classes) input), as the original.
-    Units of equal BA (typically those whose removal alone flips no prediction) are ordered by
-    ascending `tie_break` (units, classes), e.g. the class's mean true-class log-probability with
-    the unit removed; without it, or on equal values, by unit id. NaN sorts last."""
-    ba = np.asarray(single_unit_ba, np.float64)
-    if ba.ndim != 2:
-        raise ValueError(f"single_unit_ba must be (units, classes), got shape {ba.shape}")
-    second = np.zeros_like(ba) if tie_break is None else np.asarray(tie_break, np.float64)
-    if second.shape != ba.shape:
-        raise ValueError(f"tie_break must have the shape of single_unit_ba {ba.shape}, got {second.shape}")
-    key1 = np.where(np.isnan(ba), np.inf, ba).T
-    key2 = np.where(np.isnan(second), np.inf, second).T
-    return np.stack([np.lexsort((k2, k1)) for k1, k2 in zip(key1, key2)]).astype(np.int32).reshape(ba.shape[::-1])
-
-
-def best_n_masks(ranking: np.ndarray, ns: Sequence[int]) -> np.ndarray:
-    """(classes, len(ns), units) 0/1 masks removing each class's N most damaging units.
-    Keeping only those units is `1 - mask`."""
-    ranking = np.asarray(ranking)
-    classes, units = ranking.shape
-    position = np.empty_like(ranking)  # position[c, u]: rank of unit u for class c
-    position[np.arange(classes)[:, None], ranking] = np.arange(units)
-    ns = np.asarray(ns, np.int64)
-    if ns.size and (ns.min() < 0 or ns.max() > units):
-        raise ValueError(f"N must lie in 0..{units}, got {ns.tolist()}")
-    return (position[:, None, :] < ns[None, :, None]).astype(np.float32)
-
-
-def curve_masks(order: np.ndarray) -> np.ndarray:
-    """(units - 1, units) masks removing the first k units of `order` for k = 1 .. units - 1."""
-    order = np.asarray(order)
-    units = order.shape[0]
-    return best_n_masks(order[None], np.arange(1, units))[0]
-
-
-def random_masks(ns: Sequence[int], num_units: int, draws: int, seed: int = 0) -> np.ndarray:
-    """(len(ns), draws, units) masks each removing N units drawn at random (a control)."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((len(ns), draws, num_units), np.float32)
-    for i, n in enumerate(ns):
-        for d in range(draws):
-            out[i, d, rng.choice(num_units, size=int(n), replace=False)] = 1
-    return out
-
-
-def unit_importance(ranking: np.ndarray, cutoff: int = IMPORTANT_CUTOFF,
-                    classes: np.ndarray | None = None) -> np.ndarray:
-    """(units,) for each unit, the number of classes (of `classes`, default all) whose `cutoff`
-    most damaging units include it."""
-    ranking = np.asarray(ranking)
-    rows = ranking if classes is None else ranking[np.asarray(classes)]
-    return np.bincount(rows[:, :cutoff].ravel(), minlength=ranking.shape[1]).astype(np.int32)
-
-
-def importance_vs_iou(importance: np.ndarray, best_iou: np.ndarray, top_group: int = 7) -> dict:
-    """Mean best IoU with its standard error per importance group 0, 1, ..., top_group - 1 and
-    '>= top_group' (the paper's bars). Empty groups give NaN; one unit gives SE 0."""
-    importance, best_iou = np.asarray(importance), np.asarray(best_iou, np.float64)
-    if importance.shape != best_iou.shape:
-        raise ValueError(f"importance {importance.shape} and best_iou {best_iou.shape} must have one entry per unit")
-    names, means, ses, counts = [], [], [], []
-    for g in range(top_group + 1):
-        sel = importance >= g if g == top_group else importance == g
-        v = best_iou[sel]
-        names.append(f">={g}" if g == top_group else str(g))
-        counts.append(int(sel.sum()))
-        means.append(float(v.mean()) if v.size else float("nan"))
-        ses.append(float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else (0.0 if v.size else float("nan")))
-    return {"group": names, "units": counts, "mean_iou": means, "se_iou": ses}
-
-
-# ---------------------------------------------------------------------------------------------
-# A set of masks over a whole source: sharded, checkpointed, resumable
-
-
-def model_input_function(model) -> Callable:
-    """uint8 NHWC images -> the model's normalized float input."""
-    norm = model.normalization
-    mean = jnp.asarray(norm.get("mean", (0.0, 0.0, 0.0)), jnp.float32)
-    std = jnp.asarray(norm.get("std", (1.0, 1.0, 1.0)), jnp.float32)
-    return lambda inputs: (inputs.astype(jnp.float32) / 255.0 - mean) / std
-
-
-def layer_forward(model, layer: str) -> Callable:
-    """(variables, x) -> the layer's activations (jit drops everything after it)."""
-    from jaxdissect.capture import capture_fn
-
-    run = capture_fn(model.module, (layer,))
-    return lambda variables, x: run(variables, x, {})[1][layer]
-
-
-def _fingerprint_hash(masks: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(masks, np.float32).tobytes()).hexdigest()
-
-
-def _variables_hash(variables) -> str:
-    """A digest of the model's weights, so cached stages of other weights are never reused."""
-    h = hashlib.sha1()
-    for leaf in jax.tree.leaves(variables):
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(str((a.shape, a.dtype.str)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def stage_fingerprint(model, layer: str) -> dict:
-    """What a cached stage depends on besides its masks and samples: the model's name, the layer
-    and a digest of the weights (so stages of other weights are never reused)."""
-    return {"format": 2, "model": model.name, "layer": layer, "weights": _variables_hash(model.variables)}
-
-
-def ranking_from_stage(single_unit: Mapping[str, np.ndarray], tie_break: bool = True) -> np.ndarray:
-    """The (classes, units) ranking from a single-unit stage's metrics (row 0 is the baseline)."""
-    return rank_units(single_unit["balanced_accuracy"][1:],
-                      single_unit["mean_true_logprob"][1:] if tie_break else None)
-
-
-_COUNT_FIELDS = ("true", "pred", "correct", "total")
-
-
-def _tally_to_npz(tally: MaskTally) -> dict[str, np.ndarray]:
-    out = {k: np.asarray(getattr(tally.counts, k)) for k in _COUNT_FIELDS}
-    out["logprob"] = np.asarray(tally.logprob)
-    return out
-
-
-def _tally_from_npz(z) -> MaskTally:
-    return MaskTally(ClassCounts(**{k: jnp.asarray(z[k]) for k in _COUNT_FIELDS}), jnp.asarray(z["logprob"]))
-
-
-def _save_checkpoint(path: str, tally: MaskTally, progress: dict) -> None:
-    from jaxdissect.atomic import atomic_directory
-
-    with atomic_directory(path) as tmp:
-        np.savez(os.path.join(tmp, "tally.npz"), **_tally_to_npz(tally))
-        with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump(progress, f, indent=1)
-
-
-def _load_checkpoint(path: str) -> tuple[MaskTally, dict] | None:
-    from jaxdissect.atomic import existing_version
-
-    try:
-        path = existing_version(path)
-        with open(os.path.join(path, "progress.json")) as f:
-            progress = json.load(f)
-        with np.load(os.path.join(path, "tally.npz")) as z:
-            tally = _tally_from_npz(z)
-    except (FileNotFoundError, KeyError, ValueError, OSError):
-        return None
-    return tally, progress
-
-
-_STEPS: dict[Any, Callable] = {}
-
-
-def _sweep_step(model, layer: str, chunk: int, mesh) -> Callable:
-    """The jitted sharded sweep step, built once per (module, layer, input normalization, chunk, mesh)."""
-    from jaxdissect.dissect import steps
-
-    key = (model.module, layer, json.dumps(model.normalization, sort_keys=True, default=str), chunk, mesh)
-    if key not in _STEPS:
-        per_device = mask_counts_step(layer_forward(model, layer), tail_function(model, layer),
-                                      model_input_function(model), chunk)
-        _STEPS[key] = steps.sharded_pass(per_device, mesh, 3)
-    return _STEPS[key]
-
-
-def evaluate_masks(model, layer: str, source, masks: np.ndarray, num_classes: int, *, mesh=None,
-                   batch_size: int = 50, chunk: int = 32, checkpoint: str | None = None,
-                   checkpoint_every: int = 20, fingerprint: dict | None = None, progress: bool = False,
-                   desc: str = "masks") -> MaskTally:
-    """Per-class counts of the model's predictions on `source` with each of `masks` (M, units)
-    applied to `layer` (1 = zero that unit): a MaskTally with (M, classes) arrays.
-
-    Batches are split over `mesh` (default: all devices); each device keeps its own counts, merged
-    at the end. With `checkpoint` (a folder) the counts so far are saved every `checkpoint_every`
-    batches and a rerun with the same masks, source size and batch size continues from there."""
-    from tqdm.auto import tqdm
-
-    from jaxdissect import parallel
-    from jaxdissect.dissect import sources, steps
-
-    masks = np.asarray(masks, np.float32)
-    if masks.ndim != 2:
-        raise ValueError(f"masks must be (num_masks, units), got shape {masks.shape}")
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    batch_size = parallel.padded_batch_size(batch_size, mesh)
-    ranges = sources.batch_ranges(len(source), batch_size)
-    fingerprint = {**(fingerprint or {}), "layer": layer, "masks": _fingerprint_hash(masks),
-                   "num_masks": int(masks.shape[0]), "samples": len(source), "batch_size": batch_size}
-    empty = MaskTally.create(masks.shape[0], num_classes)
-    counts, start = empty, 0
-    if checkpoint is not None:
-        saved = _load_checkpoint(checkpoint)
-        if saved is not None and saved[1].get("fingerprint") == fingerprint:
-            counts, start = saved[0], int(saved[1]["batches_done"])
-    stacked = steps.place_first(counts, empty, mesh)
-    step = _sweep_step(model, layer, chunk, mesh)
-    replicated = parallel.replicate(mesh, (model.variables, jnp.asarray(masks)))
-    rows = parallel.local_rows(mesh, batch_size)
-    positions = np.concatenate([r for _, r in rows])
-    bar = tqdm(total=len(source), desc=desc, unit="img", disable=not (progress and parallel.is_primary()),
-               dynamic_ncols=True)
-    bar.update(sum(len(r) for r in ranges[:start]))
-    for b, batch in enumerate(sources.prefetch(source, ranges[start:], positions), start):
-        if batch.labels is None:
-            raise ValueError(f"{type(source).__name__} gives no class labels; the ablation needs labelled images")
-        args = (batch.inputs, np.asarray(batch.labels, np.int32), batch.ok)
-        stacked = step(stacked, replicated, *(parallel.assemble(mesh, rows, a, batch_size) for a in args))
-        bar.update(len(ranges[b]))
-        if checkpoint is not None and (b + 1) % checkpoint_every == 0 and b + 1 < len(ranges):
-            merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
-            if parallel.is_primary():
-                _save_checkpoint(checkpoint, merged, {"batches_done": b + 1, "fingerprint": fingerprint})
-            parallel.barrier(f"ablation-checkpoint-{b + 1}")
-    bar.close()
-    return parallel.to_host(steps.merge_over_mesh(stacked, mesh))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +202,7 @@ def run_masks_stage(stages: _Stages, name: str, model, layer: str, source, masks
 
     from jaxdissect import parallel
 
-    fingerprint = {**fingerprint, "masks": _fingerprint_hash(masks), "samples": len(source)}
+    fingerprint = {**fingerprint, "masks": masks_digest(masks), "samples": len(source)}
     cached = stages.load(name, fingerprint)
     if cached is not None:
         return cached
@@ -527,7 +210,7 @@ def run_masks_stage(stages: _Stages, name: str, model, layer: str, source, masks
                             chunk=config.mask_chunk, checkpoint=stages.checkpoint(name),
                             checkpoint_every=config.checkpoint_every, fingerprint=fingerprint,
                             progress=config.progress, desc=desc)
-    out = {**counts.metrics(), **{f"tally_{k}": v for k, v in _tally_to_npz(counts).items()}}
+    out = {**counts.metrics(), **{f"tally_{k}": v for k, v in tally_arrays(counts).items()}}
     if parallel.is_primary():
         stages.save(name, fingerprint, out)
         shutil.rmtree(stages.checkpoint(name), ignore_errors=True)
