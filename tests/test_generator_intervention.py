@@ -17,7 +17,7 @@ from jaxdissect.capture import capture
 from jaxdissect.data.scenes import SCENE_LABELS
 from jaxdissect.data.zdataset import standard_z_sample
 from jaxdissect.dissect import sources
-from jaxdissect.edit import ablate, insert
+from jaxdissect.edit import Replace, ablate, insert
 from jaxdissect.experiments import generator_intervention as gi
 from jaxdissect.models.registry import LoadedModel
 from jaxdissect.parallel import make_mesh
@@ -382,7 +382,7 @@ def test_bad_input_is_named(fns, random_toy):
     with pytest.raises(ValueError, match="unknown layer 'layer99'"):
         gi.GeneratorFns(random_toy, "layer99", HandSegmenter())
     with pytest.raises(ValueError, match="one leading axis"):
-        gi.stack_size(gi.Replace(jnp.zeros((3, 4)), jnp.zeros((2, 4))))
+        gi.stack_size(Replace(jnp.zeros((3, 4)), jnp.zeros((2, 4))))
     with pytest.raises(KeyError, match="unknown label 'unicorn'"):
         SCENE_LABELS.index("unicorn")
 
