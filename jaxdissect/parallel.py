@@ -64,6 +64,23 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     return True
 
 
+def add_distributed_flags(parser) -> None:
+    """The command-line flags of a multi-process run (--coordinator, --num-processes,
+    --process-id, --distributed-auto), shared by every script; see `initialize_from_flags`."""
+    g = parser.add_argument_group("several processes (hosts); also read from JAX_COORDINATOR_ADDRESS, "
+                                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--distributed-auto", action="store_true",
+                   help="let JAX detect the cluster (TPU pod slices, SLURM, Open MPI)")
+
+
+def initialize_from_flags(args) -> bool:
+    """`initialize_distributed` from the flags of `add_distributed_flags` (and the environment)."""
+    return initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed_auto)
+
+
 def is_primary() -> bool:
     """True on the process that writes results (process 0)."""
     return jax.process_index() == 0
@@ -99,6 +116,26 @@ def assemble(mesh: jax.sharding.Mesh, rows: list[tuple[Any, np.ndarray]], local:
         pieces.append(jax.device_put(local[start:start + len(r)], device))
         start += len(r)
     return jax.make_array_from_single_device_arrays((global_rows,) + local.shape[1:], sharding, pieces)
+
+
+def gather(tree: Any) -> Any:
+    """Arrays split over the mesh -> the whole arrays as numpy, on every process (an all-gather
+    across processes; a plain device_get with one)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's value of `flag` on every process, for decisions that must be the same
+    everywhere (e.g. whether to compute a batch again)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))
 
 
 def to_host(tree: Any) -> Any:

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
     p.add_argument("--seed", type=int, default=0, help="image order and PGD random starts")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from jaxdissect.parallel import add_distributed_flags
+
+    add_distributed_flags(p)
     return p.parse_args(argv)
 
 
@@ -87,6 +90,9 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from jaxdissect.parallel import initialize_from_flags
+
+    initialize_from_flags(args)
     from jaxdissect.dissect.runstate import RunLockedError
     from jaxdissect.experiments.adversarial import run_experiment
 

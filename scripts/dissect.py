@@ -42,13 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=100, help="top images kept per unit")
     p.add_argument("--resolution", type=int, default=128, help="quantile sketch bins per power of two")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g = p.add_argument_group("several processes (hosts); also read from JAX_COORDINATOR_ADDRESS, "
-                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
-    g.add_argument("--coordinator", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
-    g.add_argument("--distributed-auto", action="store_true",
-                   help="let JAX detect the cluster (TPU pod slices, SLURM, Open MPI)")
+    from jaxdissect.parallel import add_distributed_flags
+
+    add_distributed_flags(p)
     return p.parse_args(argv)
 
 
@@ -74,7 +70,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from jaxdissect import parallel
 
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.distributed_auto)
+    parallel.initialize_from_flags(args)
     from jaxdissect.dissect import dissect
     from jaxdissect.dissect.runstate import RunLockedError
 

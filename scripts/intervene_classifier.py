@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dissection-sample-size", type=int, default=None, help="samples of that dissection")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control sets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from jaxdissect.parallel import add_distributed_flags
+
+    add_distributed_flags(p)
     return p.parse_args(argv)
 
 
@@ -67,6 +70,9 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from jaxdissect.parallel import initialize_from_flags
+
+    initialize_from_flags(args)
     import os
 
     from jaxdissect.dissect.runstate import RunLockedError

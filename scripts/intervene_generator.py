@@ -37,11 +37,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None)
     p.add_argument("--min-context-samples", type=int, default=100, help="contexts shown in the bar chart")
     p.add_argument("--no-progress", action="store_true")
+    from jaxdissect.parallel import add_distributed_flags
+
+    add_distributed_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from jaxdissect.parallel import initialize_from_flags
+
+    initialize_from_flags(args)
     from jaxdissect.experiments.generator_intervention import InterventionConfig, run_interventions
 
     cfg = InterventionConfig(

@@ -1,5 +1,6 @@
 """Dissection as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1) equals one process,
-and a killed multi-process run resumes on a different device count with the same results."""
+a killed multi-process run resumes on a different device count with the same results, and the
+adversarial experiment split over processes equals one process."""
 import os
 import socket
 import subprocess
@@ -18,12 +19,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(nproc, devices_each, outdir, kill_at, results, timeout=600):
+def launch(nproc, devices_each, outdir, kill_at, results, timeout=600, worker="multiprocess_worker.py"):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices_each), XLA_FLAGS="", JAX_PLATFORMS="cpu",
                PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_worker.py"), str(port), str(i),
-                               str(nproc), str(outdir), str(kill_at), str(results[i])], env=env,
+    extra = [] if kill_at is None else [str(kill_at)]
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, worker), str(port), str(i), str(nproc),
+                               str(outdir), *extra, str(results[i])], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
     outs = []
     for p in procs:
@@ -70,3 +72,24 @@ def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_
     [(rc, out)] = launch(1, 3, tmp_path / "out", -1, [tmp_path / "resumed.npz"])
     assert rc == 0, out
     assert_same(load(tmp_path / "resumed.npz"), reference)
+
+
+def test_adversarial_experiment_on_two_processes_equals_one(tmp_path):
+    """Ranking, image selection and attacks split over 2 processes x 2 devices give the
+    one-device results; only process 0 writes the folder."""
+    worker = "multiprocess_adversarial_worker.py"
+    [(rc, out)] = launch(1, 1, tmp_path / "one", None, [tmp_path / "one.npz"], worker=worker)
+    assert rc == 0, out
+    outs = launch(2, 2, tmp_path / "two", None, [tmp_path / "p0.npz", tmp_path / "p1.npz"], worker=worker)
+    for rc, out in outs:
+        assert rc == 0, out
+    one = load(tmp_path / "one.npz")
+    for p in ("p0.npz", "p1.npz"):
+        two = load(tmp_path / p)
+        assert set(two) == set(one)
+        for k in one:
+            if k.endswith((".l2", ".peak_adv")):
+                np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-4, err_msg=k)
+            else:
+                np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))

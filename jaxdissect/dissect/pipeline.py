@@ -10,7 +10,6 @@ then thumbnails and the report. A finished pass is never recomputed: its states 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Sequence
@@ -303,12 +302,7 @@ def _checkpoint_due(cfg: DissectConfig, batches_done: int, last_save: float) -> 
     must be the same on every process, so the time is process 0's."""
     if cfg.checkpoint_every:
         return batches_done % cfg.checkpoint_every == 0
-    due = time.monotonic() - last_save >= cfg.checkpoint_seconds
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-    return due
+    return parallel.agree(time.monotonic() - last_save >= cfg.checkpoint_seconds)
 
 
 def _gather_errors(errors: dict, tag: str) -> dict:

@@ -221,6 +221,7 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
     """The classifier-ablation ranking (classes, units): single-unit ablation BA on the ranking
     split, most damaging first. Shared with the intervention experiment: its cached stage is
     reused when present, and what is computed here is cached where that experiment looks."""
+    from jaxdissect import parallel
     from jaxdissect.dissect import runstate
 
     icfg = ca.InterventionConfig(model=config.model, dataset=config.dataset, outdir=config.outdir,
@@ -232,7 +233,10 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
                                jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)).shape[-1])
     single = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
     fingerprint = {**ca.stage_fingerprint(model, layer), "split": "train"}  # the intervention experiment's
-    with runstate.ExclusiveRun(directory):
+    with contextlib.ExitStack() as stack:
+        if parallel.is_primary():
+            stack.enter_context(runstate.ExclusiveRun(directory))
+        parallel.barrier("adversarial-ranking-locked")
         train = ca.run_masks_stage(stages, "train_single", model, layer, train_source, single, num_classes, icfg,
                                    mesh, fingerprint, "ranking: single units (train)")
     return ca.ranking_from_stage(train, icfg.tie_break).astype(np.int64)
@@ -251,6 +255,7 @@ def select_images(model, source, targets: Sequence[int], per_target: int, seed: 
     whose true and predicted class are both not the target: ({target: indices}, {target: true labels}).
     Predictions are made batch by batch until every target has enough (cached in `cache`)."""
     from jaxdissect import parallel
+    from jaxdissect.dissect import sources
 
     order = np.random.default_rng(seed).permutation(len(source)).astype(np.int64)
     key = {"order": _hash(order), "n": len(source)}
@@ -262,6 +267,8 @@ def select_images(model, source, targets: Sequence[int], per_target: int, seed: 
     predict = _predict_fn(model, mesh)
     size = parallel.padded_batch_size(batch_size, mesh)
     replicated = parallel.replicate(mesh, model.variables)
+    rows = parallel.local_rows(mesh, size)
+    positions = np.concatenate([r for _, r in rows])
 
     def enough():
         return all(np.sum((done_lab != t) & (done_pred != t)) >= per_target for t in targets)
@@ -269,20 +276,19 @@ def select_images(model, source, targets: Sequence[int], per_target: int, seed: 
     pos = len(done_idx)
     while pos < len(order) and not enough():
         idx = order[pos:pos + size]
-        batch = source.load(idx)
+        batch = sources.local_batch(source, idx, positions)  # this process's rows only
         if batch.labels is None:
             raise ValueError(f"{type(source).__name__} gives no class labels; the experiment needs labelled images")
-        keep = np.asarray(batch.ok, bool)
-        inputs = batch.inputs
-        if len(idx) < size:
-            inputs = np.concatenate([inputs, np.repeat(inputs[:1], size - len(idx), 0)])
-        [x] = parallel.shard_batch(mesh, inputs)
-        pred = np.asarray(predict(replicated, x))[:len(idx)]
+        x, lab, ok = (parallel.assemble(mesh, rows, np.asarray(a, dt), size) for a, dt in
+                      ((batch.inputs, np.uint8), (batch.labels, np.int32), (batch.ok, bool)))
+        pred, lab, ok = parallel.gather((predict(replicated, x), lab, ok))
+        n = len(idx)
+        keep = np.asarray(ok, bool)[:n]
         done_idx = np.concatenate([done_idx, idx[keep]])
-        done_pred = np.concatenate([done_pred, pred[keep]])
-        done_lab = np.concatenate([done_lab, np.asarray(batch.labels, np.int64)[keep]])
-        pos += len(idx)
-        if cache is not None:
+        done_pred = np.concatenate([done_pred, np.asarray(pred, np.int64)[:n][keep]])
+        done_lab = np.concatenate([done_lab, np.asarray(lab, np.int64)[:n][keep]])
+        pos += n
+        if cache is not None and parallel.is_primary():
             _atomic_npz(cache, key=np.asarray(json.dumps(key)), indices=done_idx, predicted=done_pred,
                         labels=done_lab)
     chosen, labels = {}, {}
@@ -313,43 +319,57 @@ def load_batch(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _read_batch(path: str, fingerprint: str) -> dict | None:
+    """A finished batch's results (without the images) if its file matches `fingerprint`."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as z:
+        if str(z["fingerprint"]) != fingerprint:
+            return None
+        return {k: z[k] for k in z.files if k not in ("original", "perturbation", "fingerprint")}
+
+
 def attack_batches(model, layer: str, source, target: int, target_name: str, indices: np.ndarray,
                    labels: np.ndarray, config: AdversarialConfig, mesh, directory: str, bar=None) -> TargetRecord:
     """Attack `indices` towards `target` batch by batch; finished batches (same fingerprint) are
-    read back instead of recomputed."""
+    read back instead of recomputed. Each process loads and attacks only its devices' rows."""
     from jaxdissect import parallel
+    from jaxdissect.dissect import sources
 
     size = parallel.padded_batch_size(config.batch_size, mesh)
     step = shard_step(attack_step(model, layer, config.attack), mesh)
     replicated = parallel.replicate(mesh, model.variables)
+    rows = parallel.local_rows(mesh, size)
+    positions = np.concatenate([r for _, r in rows])
     base = {**ca.stage_fingerprint(model, layer),
             "attack": attack_description(config.attack), "target": int(target), "seed": config.seed}
     parts = []
     for b, start in enumerate(range(0, len(indices), size)):
         idx, lab = indices[start:start + size], labels[start:start + size]
+        n = len(idx)
         fingerprint = json.dumps({**base, "indices": [int(i) for i in idx]}, sort_keys=True)
         path = batch_path(directory, target_name, b)
-        saved = None
-        if os.path.exists(path):
-            with np.load(path) as z:
-                if str(z["fingerprint"]) == fingerprint:
-                    saved = {k: z[k] for k in z.files if k not in ("original", "perturbation")}
-        if saved is None:
-            batch = source.load(idx)
-            n = len(idx)
-            pad = lambda a: np.concatenate([a, np.repeat(a[:1], size - n, 0)]) if n < size else a  # noqa: E731
-            images = pad(np.asarray(batch.inputs, np.uint8))
-            targets = np.full(size, target, np.int32)
-            seeds = pad(((idx * 7919 + target + config.seed * 104729) % 2**31).astype(np.int32))
-            out = jax.device_get(step(replicated, *parallel.shard_batch(mesh, images, targets, seeds)))
+        saved = _read_batch(path, fingerprint)
+        if parallel.agree(saved is None):  # process 0 decides, every process attacks its rows
+            batch = sources.local_batch(source, idx, positions)
+            wanted = idx[np.minimum(positions, n - 1)]  # padding rows repeat the first image's seed
+            wanted = np.where(positions < n, wanted, idx[0])
+            seeds = ((wanted * 7919 + target + config.seed * 104729) % 2**31).astype(np.int32)
+            args = [parallel.assemble(mesh, rows, a, size) for a in
+                    (np.asarray(batch.inputs, np.uint8), np.full(len(positions), target, np.int32), seeds)]
+            out, images = parallel.gather((step(replicated, *args), args[0]))
             saved = {k: np.asarray(v)[:n] for k, v in out.items()}
             saved.update(indices=idx.astype(np.int64), labels=lab.astype(np.int64))
-            _atomic_npz(path, fingerprint=np.asarray(fingerprint), original=images[:n],
-                        **{**saved, "perturbation": saved["perturbation"].astype(np.float16)})
+            if parallel.is_primary():
+                _atomic_npz(path, fingerprint=np.asarray(fingerprint), original=np.asarray(images)[:n],
+                            **{**saved, "perturbation": saved["perturbation"].astype(np.float16)})
             del saved["perturbation"]
+        elif saved is None:
+            raise FileNotFoundError(f"process {jax.process_index()} cannot read {path!r}, which process 0 has: "
+                                    "the results folder must be on a filesystem every process sees")
         parts.append(saved)
         if bar is not None:
-            bar.update(len(idx))
+            bar.update(n)
     cat = lambda k, dtype=None: (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)).astype(  # noqa: E731
         dtype or (parts[0][k].dtype if parts else np.float32))
     return TargetRecord(target=int(target), indices=cat("indices", np.int64), labels=cat("labels", np.int64),
@@ -405,8 +425,6 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     from jaxdissect.experiments import adversarial_report
     from jaxdissect.models import load
 
-    if jax.process_count() > 1:
-        raise NotImplementedError("the adversarial experiment runs in one process (all its local devices)")
     if model is None:
         model = load(config.model, config.weights)
     if model.kind != "classifier":
@@ -439,8 +457,10 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
         raise ValueError(f"ranking must be (classes, units) = ({num_classes}, {units}), got {ranking.shape}")
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(runstate.ExclusiveRun(directory))
-        _atomic_npz(os.path.join(directory, "ranking.npz"), ranking=ranking)
+        if parallel.is_primary():
+            stack.enter_context(runstate.ExclusiveRun(directory))
+            _atomic_npz(os.path.join(directory, "ranking.npz"), ranking=ranking)
+        parallel.barrier("adversarial-locked")
         chosen, labels = select_images(model, attack_source, targets, per_target, config.seed, mesh,
                                        config.batch_size, cache=os.path.join(directory, "selection.npz"))
         for t in targets:
@@ -451,7 +471,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
                               f"predicted {class_names[t]!r}; attacking those (asked for {per_target})")
         total = sum(len(v) for v in chosen.values())
         bar = tqdm(total=total, desc=f"attacks ({attack_name(config.attack)})", unit="img",
-                   disable=not config.progress, dynamic_ncols=True)
+                   disable=not (config.progress and parallel.is_primary()), dynamic_ncols=True)
         records = {}
         for t in targets:
             name = class_names[t]
@@ -464,8 +484,10 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
         result = AdversarialResult(directory=directory, model=model.name, layer=layer,
                                    attack=attack_description(config.attack), class_names=class_names,
                                    ranking=ranking, records=records, summary=summary)
-        adversarial_report.write_outputs(result, model, examples=config.examples,
-                                         threshold=config.delta_threshold)
+        if parallel.is_primary():
+            adversarial_report.write_outputs(result, model, examples=config.examples,
+                                             threshold=config.delta_threshold)
+        parallel.barrier("adversarial-written")
     return result
 
 
