@@ -1,6 +1,6 @@
 """Dissection as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1) equals one process,
 a killed multi-process run resumes on a different device count with the same results, and the
-adversarial experiment split over processes equals one process."""
+generator and adversarial experiments split over processes equal one process."""
 import os
 import socket
 import subprocess
@@ -74,18 +74,33 @@ def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_
     assert_same(load(tmp_path / "resumed.npz"), reference)
 
 
-def test_adversarial_experiment_on_two_processes_equals_one(tmp_path):
-    """Ranking, image selection and attacks split over 2 processes x 2 devices give the
-    one-device results; only process 0 writes the folder."""
-    worker = "multiprocess_adversarial_worker.py"
+def one_and_two_processes(tmp_path, worker):
+    """(one process x one device result, [the result of each of 2 processes x 2 devices])."""
     [(rc, out)] = launch(1, 1, tmp_path / "one", None, [tmp_path / "one.npz"], worker=worker)
     assert rc == 0, out
     outs = launch(2, 2, tmp_path / "two", None, [tmp_path / "p0.npz", tmp_path / "p1.npz"], worker=worker)
     for rc, out in outs:
         assert rc == 0, out
-    one = load(tmp_path / "one.npz")
-    for p in ("p0.npz", "p1.npz"):
-        two = load(tmp_path / p)
+    return load(tmp_path / "one.npz"), [load(tmp_path / p) for p in ("p0.npz", "p1.npz")]
+
+
+def test_generator_interventions_on_two_processes_equal_one(tmp_path):
+    """The dissection, ablation and insertion passes of the generator experiment split over
+    2 processes x 2 devices give the one-device tables on every process."""
+    one, twos = one_and_two_processes(tmp_path, "multiprocess_generator_worker.py")
+    assert one["removed"][1] == pytest.approx(1.0)  # the run is the meaningful one of the slow test
+    for two in twos:
+        assert set(two) == set(one)
+        for k in one:
+            np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
+
+
+def test_adversarial_experiment_on_two_processes_equals_one(tmp_path):
+    """Ranking, image selection and attacks split over 2 processes x 2 devices give the
+    one-device results; only process 0 writes the folder."""
+    one, twos = one_and_two_processes(tmp_path, "multiprocess_adversarial_worker.py")
+    for two in twos:
         assert set(two) == set(one)
         for k in one:
             if k.endswith((".l2", ".peak_adv")):
