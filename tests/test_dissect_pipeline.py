@@ -146,3 +146,15 @@ def test_scenes_source_memory_cache_serves_identical_batches(monkeypatch):
     small.load(idx)
     small.load(idx)
     assert sorted(small._cache) == [0, 3]
+
+
+def test_more_values_than_the_sketch_counts_is_refused_up_front(tmp_path):
+    from jaxdissect.dissect import sources
+
+    class Huge(sources.ZSource):
+        def __len__(self):
+            return 2**31 // (64 * 64) + 1  # one sample more than int32 counts hold at 64 x 64
+
+    with pytest.raises(ValueError, match="values per unit, more than the quantile sketch counts"):
+        dissect(DissectConfig(model="toy_generator", outdir=str(tmp_path), progress=False),
+                source=Huge(4, 64))

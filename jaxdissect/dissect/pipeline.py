@@ -23,6 +23,7 @@ from jaxdissect import parallel, stats
 from jaxdissect.dissect import runstate, sources, steps
 from jaxdissect.upsample import layer_geometry, upsampler
 
+MAX_SKETCH_VALUES = 2**31  # QuantileSketch counts are int32 (JAX's default integers)
 MODEL_ALIASES = {"alexnet": "alexnet_places", "vgg16": "vgg16_places", "resnet152": "resnet152_places"}
 
 
@@ -206,6 +207,11 @@ class _Setup:
         self.dirs = {layer: result_dir(config, self.model.name, layer, self.seg_name) for layer in self.layers}
         self.variables = parallel.replicate(self.mesh, self.model.variables)
         self._shapes()
+        values = len(self.source) * self.seg_hw[0] * self.seg_hw[1]
+        if values >= MAX_SKETCH_VALUES:
+            raise ValueError(f"{len(self.source)} samples x {self.seg_hw[0]}x{self.seg_hw[1]} upsampled pixels = {values} "
+                             f"values per unit, more than the quantile sketch counts ({MAX_SKETCH_VALUES - 1}, int32); "
+                             "dissect a subset (--sample-size)")
 
     def _shapes(self):
         m = self.model
