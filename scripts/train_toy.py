@@ -11,8 +11,8 @@ TRAINING.md beside them. The generator is a VAE decoder (ProGAN-layered) whose m
 also predicts the object map through a 1x1 auxiliary head, so its units learn to lay out
 objects; only the decoder is shipped.
 
-The classifier-head stage keeps the trained convolutional features and re-fits fc6/fc7 on the
-pooled conv4_2 units with an L1 penalty on the fc6 kernel, so each class reads from a few
+The classifier-head stage keeps the trained convolutional features and fits fc6/fc7 again
+(seeded, from scratch) on the pooled conv4_2 units with an L1 penalty on the fc6 kernel, so each class reads from a few
 units. A dense head spreads every class over most of the 128 units; the sparse one gives the
 class-specific units the paper's intervention experiment finds in VGG16 (removing a class's
 best units destroys it; keeping only them keeps most of it). Features, and so every
@@ -243,8 +243,9 @@ def head_logits(head: dict, pooled: jax.Array) -> jax.Array:
 
 
 def refit_classifier_head(args) -> dict:
-    """Re-fit classifier.fc6/fc7 of the shipped toy classifier on frozen pooled conv4_2 features
-    (train scenes and their mirror images) with an L1 penalty on the fc6 kernel."""
+    """Fit classifier.fc6/fc7 of the shipped toy classifier again, from a seeded initialization,
+    on its frozen pooled conv4_2 features (train scenes and their mirror images) with an L1
+    penalty on the fc6 kernel."""
     from jaxdissect.models.weights_io import load_weights
 
     path = os.path.join(args.out, "toy_classifier")
@@ -257,7 +258,8 @@ def refit_classifier_head(args) -> dict:
                              pooled_features(module, variables, train["image"][:, :, ::-1])])
     labels = np.concatenate([train["scene"], train["scene"]])
     log(f"pooled conv4_2 features of {len(labels)} train images in {time.time() - t:.0f}s")
-    head = variables["params"]["classifier"]
+    # A fresh, seeded head: the stage gives the same weights whatever head the folder holds.
+    head = module.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))["params"]["classifier"]
 
     def data(rng):
         idx = rng.integers(0, len(labels), args.batch)
@@ -473,7 +475,7 @@ def measure_generator(gen, variables, config, args, n=200, seed=1, layer=AUX_LAY
 # ---- main ----------------------------------------------------------------------------------
 DEFAULTS = {
     "classifier": dict(steps=700, batch=32, lr=2e-3, train_size=6000),
-    "classifier-head": dict(steps=3000, batch=128, lr=1e-3, train_size=6000),
+    "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000),
     "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64),
     "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000),
 }
