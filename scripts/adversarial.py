@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"adversarial.py: error: {e}", file=sys.stderr)
         return 2
+    from jaxdissect.parallel import is_primary
+
+    if not is_primary():  # one summary per run, from process 0
+        return 0
     s = result.summary["all"]
     print(f"{result.model} {result.layer}, {result.attack['name']}: {s['succeeded']}/{s['attacked']} targeted "
           f"attacks succeeded ({s['success_rate']:.1%}); mean L2 {s['mean_l2']:.4f}, mean Linf {s['mean_linf']:.4f}")

@@ -87,6 +87,10 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"intervene_classifier.py: error: {e}", file=sys.stderr)
         return 2
+    from jaxdissect.parallel import is_primary
+
+    if not is_primary():  # one summary per run, from process 0
+        return 0
     n = min(result.ns, key=lambda m: abs(m - args.distribution_n))
     h = headline(result, n)
     print(f"{result.model} {result.layer}: mean balanced accuracy over {h['classes']} classes (val): baseline "

@@ -58,6 +58,10 @@ def main(argv=None) -> None:
         devices=args.devices, outdir=args.outdir, weights=args.weights, min_context_samples=args.min_context_samples,
         progress=not args.no_progress)
     res = run_interventions(cfg)
+    from jaxdissect.parallel import is_primary
+
+    if not is_primary():  # one summary per run, from process 0
+        return
     r, c = res.removal, res.context
     print(f"{res.layer}: zeroing the best {int(r.counts[-1])} {r.label} units removes {r.removed[-1]:.1%} of "
           f"{r.label} pixels (99% interval {r.lo99[-1]:.1%} .. {r.hi99[-1]:.1%}; {r.samples} images)")
