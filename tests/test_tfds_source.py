@@ -18,6 +18,9 @@ def test_names():
             parse_tfds_name(bad)
     assert dataset_short_name("tfds:places365_small") == "places365_small"
     assert dataset_short_name("tfds:places365_small:train") == "places365_small-train"
+    from jaxdissect.data.places import is_places365
+
+    assert is_places365("places") and is_places365("tfds:places365_small") and not is_places365("tfds:mnist")
     cfg = DissectConfig(dataset="tfds:places365_small", quantile=0.005)
     assert result_dir(cfg, "vgg16_places", "features.conv5_3", "netpqc").endswith("vgg16-places365_small-netpqc-conv5_3")
 

@@ -10,6 +10,11 @@ PLACES_URL = "https://dissect.csail.mit.edu/datasets/places_{split}.zip"
 PLACES_MD5 = {"val": "593bbc21590cf7c396faac2e600cd30c", "train": "d1db6ad3fc1d69b94da325ac08886a01"}
 
 
+def is_places365(dataset: str) -> bool:
+    """Whether a --dataset names Places365: the original's download or a tfds places365 dataset."""
+    return dataset == "places" or dataset.startswith("tfds:places365")
+
+
 def places_dir(split: str = "val") -> str:
     from weight_conversion.cache import cache_dir
 

@@ -406,7 +406,9 @@ def summarize(records: dict, ranking: np.ndarray, k: int = IMPORTANT_UNITS) -> d
 
 
 def default_targets(dataset: str, class_names: Sequence[str]) -> tuple[str, ...]:
-    if dataset == "places" or all(t in class_names for t in PAPER_TARGETS):
+    from jaxdissect.data.places import is_places365
+
+    if is_places365(dataset) or all(t in class_names for t in PAPER_TARGETS):
         return PAPER_TARGETS
     return tuple(class_names)
 
@@ -436,7 +438,9 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     class_names = ca._class_names(model, num_classes)
     target_names = config.targets or default_targets(config.dataset, class_names)
     targets = ca.resolve_classes(target_names, class_names)
-    per_target = config.images_per_target or (1000 if config.dataset == "places" else 10)
+    from jaxdissect.data.places import is_places365
+
+    per_target = config.images_per_target or (1000 if is_places365(config.dataset) else 10)
     if attack_source is None or (train_source is None and ranking is None and config.ranking_file is None):
         icfg = ca.InterventionConfig(dataset=config.dataset, train_size=config.train_size, val_size=config.val_size)
         default_train, default_val = ca.make_sources(icfg, model)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect.data.places import is_places365
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
                                                tally_arrays)
@@ -265,7 +266,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     dist_n = min(max(1, config.distribution_n), units - 1)
     curve_names = config.curve_classes
     if curve_names is None:
-        curve_names = tuple(n for n in DEFAULT_CURVE_CLASSES.get(config.dataset, ()) if n in class_names) \
+        curve_names = tuple(n for n in DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ()) if n in class_names) \
             or class_names[:1]
     curve_classes = resolve_classes(curve_names, class_names)
     directory = experiment_dir(config, model.name, layer)
