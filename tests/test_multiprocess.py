@@ -19,13 +19,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(nproc, devices_each, outdir, kill_at, results, timeout=600, worker="multiprocess_worker.py"):
+def launch(nproc, devices_each, outdir, arg, results, timeout=600, worker="multiprocess_worker.py"):
+    """Run `worker` as nproc processes of devices_each CPU devices; `arg` is the worker's own
+    argument (the dissection worker's kill_at, the experiment worker's experiment name)."""
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices_each), XLA_FLAGS="", JAX_PLATFORMS="cpu",
                PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
-    extra = [] if kill_at is None else [str(kill_at)]
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, worker), str(port), str(i), str(nproc),
-                               str(outdir), *extra, str(results[i])], env=env,
+                               str(outdir), str(arg), str(results[i])], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
     outs = []
     for p in procs:
@@ -74,11 +75,12 @@ def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_
     assert_same(load(tmp_path / "resumed.npz"), reference)
 
 
-def one_and_two_processes(tmp_path, worker):
+def one_and_two_processes(tmp_path, experiment):
     """(one process x one device result, [the result of each of 2 processes x 2 devices])."""
-    [(rc, out)] = launch(1, 1, tmp_path / "one", None, [tmp_path / "one.npz"], worker=worker)
+    worker = "multiprocess_experiment_worker.py"
+    [(rc, out)] = launch(1, 1, tmp_path / "one", experiment, [tmp_path / "one.npz"], worker=worker)
     assert rc == 0, out
-    outs = launch(2, 2, tmp_path / "two", None, [tmp_path / "p0.npz", tmp_path / "p1.npz"], worker=worker)
+    outs = launch(2, 2, tmp_path / "two", experiment, [tmp_path / "p0.npz", tmp_path / "p1.npz"], worker=worker)
     for rc, out in outs:
         assert rc == 0, out
     return load(tmp_path / "one.npz"), [load(tmp_path / p) for p in ("p0.npz", "p1.npz")]
@@ -87,7 +89,7 @@ def one_and_two_processes(tmp_path, worker):
 def test_generator_interventions_on_two_processes_equal_one(tmp_path):
     """The dissection, ablation and insertion passes of the generator experiment split over
     2 processes x 2 devices give the one-device tables on every process."""
-    one, twos = one_and_two_processes(tmp_path, "multiprocess_generator_worker.py")
+    one, twos = one_and_two_processes(tmp_path, "generator")
     assert one["removed"][1] == pytest.approx(1.0)  # the run is the meaningful one of the slow test
     for two in twos:
         assert set(two) == set(one)
@@ -99,7 +101,7 @@ def test_generator_interventions_on_two_processes_equal_one(tmp_path):
 def test_adversarial_experiment_on_two_processes_equals_one(tmp_path):
     """Ranking, image selection and attacks split over 2 processes x 2 devices give the
     one-device results; only process 0 writes the folder."""
-    one, twos = one_and_two_processes(tmp_path, "multiprocess_adversarial_worker.py")
+    one, twos = one_and_two_processes(tmp_path, "adversarial")
     for two in twos:
         assert set(two) == set(one)
         for k in one:
