@@ -90,9 +90,9 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxdissect.parallel import initialize_from_flags
+    from jaxdissect import parallel
 
-    initialize_from_flags(args)
+    parallel.initialize_from_flags(args)
     from jaxdissect.dissect.runstate import RunLockedError
     from jaxdissect.experiments.adversarial import run_experiment
 
@@ -104,9 +104,7 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"adversarial.py: error: {e}", file=sys.stderr)
         return 2
-    from jaxdissect.parallel import is_primary
-
-    if not is_primary():  # one summary per run, from process 0
+    if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     s = result.summary["all"]
     print(f"{result.model} {result.layer}, {result.attack['name']}: {s['succeeded']}/{s['attacked']} targeted "

@@ -70,9 +70,9 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from jaxdissect.parallel import initialize_from_flags
+    from jaxdissect import parallel
 
-    initialize_from_flags(args)
+    parallel.initialize_from_flags(args)
     import os
 
     from jaxdissect.dissect.runstate import RunLockedError
@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"intervene_classifier.py: error: {e}", file=sys.stderr)
         return 2
-    from jaxdissect.parallel import is_primary
-
-    if not is_primary():  # one summary per run, from process 0
+    if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     n = min(result.ns, key=lambda m: abs(m - args.distribution_n))
     h = headline(result, n)

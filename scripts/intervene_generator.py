@@ -45,9 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from jaxdissect.parallel import initialize_from_flags
+    from jaxdissect import parallel
 
-    initialize_from_flags(args)
+    parallel.initialize_from_flags(args)
     from jaxdissect.experiments.generator_intervention import InterventionConfig, run_interventions
 
     cfg = InterventionConfig(
@@ -58,9 +58,7 @@ def main(argv=None) -> None:
         devices=args.devices, outdir=args.outdir, weights=args.weights, min_context_samples=args.min_context_samples,
         progress=not args.no_progress)
     res = run_interventions(cfg)
-    from jaxdissect.parallel import is_primary
-
-    if not is_primary():  # one summary per run, from process 0
+    if not parallel.is_primary():  # one summary per run, from process 0
         return
     r, c = res.removal, res.context
     print(f"{res.layer}: zeroing the best {int(r.counts[-1])} {r.label} units removes {r.removed[-1]:.1%} of "

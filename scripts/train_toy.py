@@ -12,8 +12,8 @@ also predicts the object map through a 1x1 auxiliary head, so its units learn to
 objects; only the decoder is shipped.
 
 The classifier-head stage keeps the trained convolutional features and fits fc6/fc7 again
-(seeded, from scratch) on the pooled conv4_2 units with an L1 penalty on the fc6 kernel, so each class reads from a few
-units. A dense head spreads every class over most of the 128 units; the sparse one gives the
+(seeded, from scratch) on the pooled conv4_2 units with an L1 penalty on the fc6 kernel, so
+each class reads from a few units. A dense head spreads every class over most of the 128 units; the sparse one gives the
 class-specific units the paper's intervention experiment finds in VGG16 (removing a class's
 best units destroys it; keeping only them keeps most of it). Features, and so every
 dissection of conv layers, are unchanged.
@@ -236,12 +236,6 @@ def pooled_features(module, variables, images: np.ndarray, layer: str = "feature
     return np.concatenate([np.asarray(f(variables, images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
-def head_logits(head: dict, pooled: jax.Array) -> jax.Array:
-    """The toy classifier's head (fc6, ReLU, fc7) on pooled features, from its parameters."""
-    fc6, fc7 = head["fc6"]["fc"], head["fc7"]
-    return jax.nn.relu(pooled @ fc6["kernel"] + fc6["bias"]) @ fc7["kernel"] + fc7["bias"]
-
-
 def refit_classifier_head(args) -> dict:
     """Fit classifier.fc6/fc7 of the shipped toy classifier again, from a seeded initialization,
     on its frozen pooled conv4_2 features (train scenes and their mirror images) with an L1
@@ -260,6 +254,7 @@ def refit_classifier_head(args) -> dict:
     log(f"pooled conv4_2 features of {len(labels)} train images in {time.time() - t:.0f}s")
     # A fresh, seeded head: the stage gives the same weights whatever head the folder holds.
     head = module.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))["params"]["classifier"]
+    head_module = toy.ToyClassifierHead(module.hidden, module.num_classes)  # fc6, ReLU, fc7 on pooled features
 
     def data(rng):
         idx = rng.integers(0, len(labels), args.batch)
@@ -267,7 +262,7 @@ def refit_classifier_head(args) -> dict:
 
     def loss_fn(h, batch, key):
         x, y = batch
-        logits = head_logits(h, x)
+        logits = head_module.apply({"params": h}, x)
         l1 = jnp.abs(h["fc6"]["fc"]["kernel"]).sum()
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss + args.l1 * l1, {"acc": (logits.argmax(-1) == y).mean(), "l1": l1}

@@ -217,10 +217,12 @@ def load_ranking(path: str, num_classes: int, units: int) -> np.ndarray:
     return ranking
 
 
-def unit_ranking(model, layer: str, train_source, num_classes: int, config: AdversarialConfig, mesh) -> np.ndarray:
+def unit_ranking(model, layer: str, train_source, num_classes: int, config: AdversarialConfig, mesh,
+                 fingerprint: dict | None = None) -> np.ndarray:
     """The classifier-ablation ranking (classes, units): single-unit ablation BA on the ranking
     split, most damaging first. Shared with the intervention experiment: its cached stage is
-    reused when present, and what is computed here is cached where that experiment looks."""
+    reused when present, and what is computed here is cached where that experiment looks.
+    `fingerprint` is `ca.stage_fingerprint(model, layer)` when the caller has it already."""
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
 
@@ -232,7 +234,7 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
     units = int(jax.eval_shape(ca.layer_forward(model, layer), model.variables,
                                jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)).shape[-1])
     single = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
-    fingerprint = {**ca.stage_fingerprint(model, layer), "split": "train"}  # the intervention experiment's
+    fingerprint = {**(fingerprint or ca.stage_fingerprint(model, layer)), "split": "train"}  # the intervention's
     with contextlib.ExitStack() as stack:
         if parallel.is_primary():
             stack.enter_context(runstate.ExclusiveRun(directory))
@@ -330,9 +332,11 @@ def _read_batch(path: str, fingerprint: str) -> dict | None:
 
 
 def attack_batches(model, layer: str, source, target: int, target_name: str, indices: np.ndarray,
-                   labels: np.ndarray, config: AdversarialConfig, mesh, directory: str, bar=None) -> TargetRecord:
+                   labels: np.ndarray, config: AdversarialConfig, mesh, directory: str, bar=None,
+                   fingerprint: dict | None = None) -> TargetRecord:
     """Attack `indices` towards `target` batch by batch; finished batches (same fingerprint) are
-    read back instead of recomputed. Each process loads and attacks only its devices' rows."""
+    read back instead of recomputed. Each process loads and attacks only its devices' rows.
+    `fingerprint` is `ca.stage_fingerprint(model, layer)` when the caller has it already."""
     from jaxdissect import parallel
     from jaxdissect.dissect import sources
 
@@ -341,7 +345,7 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
     replicated = parallel.replicate(mesh, model.variables)
     rows = parallel.local_rows(mesh, size)
     positions = np.concatenate([r for _, r in rows])
-    base = {**ca.stage_fingerprint(model, layer),
+    base = {**(fingerprint or ca.stage_fingerprint(model, layer)),
             "attack": attack_description(config.attack), "target": int(target), "seed": config.seed}
     parts = []
     for b, start in enumerate(range(0, len(indices), size)):
@@ -449,13 +453,14 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     ca._check_source_classes(attack_source, class_names, "attacked")
     mesh = parallel.make_mesh(config.devices)
     directory = experiment_dir(config, model.name, layer)
+    weights_fp = ca.stage_fingerprint(model, layer)  # hashes the weights: once per run
 
     if ranking is None:
         if config.ranking_file is not None:
             ranking = load_ranking(config.ranking_file, num_classes, units)
         else:
             ca._check_source_classes(train_source, class_names, "ranking")
-            ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh)
+            ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh, weights_fp)
     ranking = np.asarray(ranking, np.int64)
     if ranking.shape != (num_classes, units):
         raise ValueError(f"ranking must be (classes, units) = ({num_classes}, {units}), got {ranking.shape}")
@@ -480,7 +485,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
         for t in targets:
             name = class_names[t]
             records[name] = attack_batches(model, layer, attack_source, t, name, chosen[t], labels[t], config, mesh,
-                                           directory, bar)
+                                           directory, bar, weights_fp)
         bar.close()
         summary = summarize(records, ranking, config.important_units)
         summary.update(model=model.name, layer=layer, attack=attack_description(config.attack),

@@ -266,8 +266,8 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     dist_n = min(max(1, config.distribution_n), units - 1)
     curve_names = config.curve_classes
     if curve_names is None:
-        curve_names = tuple(n for n in DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ()) if n in class_names) \
-            or class_names[:1]
+        defaults = DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ())
+        curve_names = tuple(n for n in defaults if n in class_names) or class_names[:1]
     curve_classes = resolve_classes(curve_names, class_names)
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)

@@ -58,9 +58,7 @@ def build_upp(config: Mapping[str, Any]):
 def build_color(config: Mapping[str, Any]):
     from jaxdissect.segment.color import ColorConfig, ColorNet
 
-    known = {f.name for f in dataclasses.fields(ColorConfig)}
-    return ColorNet(ColorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-                                   if k in known}))
+    return ColorNet(ColorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}))
 
 
 _ENCODER_LAYERS = tuple(f"encoder.layer{i}" for i in range(1, 5))
