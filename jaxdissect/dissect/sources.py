@@ -40,10 +40,10 @@ class ScenesSource:
         self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size)
         self.labels = self.dataset.labels
         self.classes = tuple(self.dataset.classes)
-        per_scene = image_size * image_size * (3 + 4) + 4
+        self._seg_dtype = np.uint8 if len(self.labels.names) <= 256 else np.int32
+        per_scene = image_size * image_size * (3 + 4 * np.dtype(self._seg_dtype).itemsize) + 4
         self._cache_capacity = max(0, int(cache_bytes) // per_scene)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
-        self._seg_dtype = np.uint8 if len(self.labels.names) <= 256 else np.int32
 
     def __len__(self) -> int:
         return len(self.dataset)
