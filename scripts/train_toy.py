@@ -3,13 +3,13 @@
     python scripts/train_toy.py classifier --seed 0
     python scripts/train_toy.py classifier-head --seed 0   (after the classifier: re-fits its head)
     python scripts/train_toy.py segmenter --seed 0
-    python scripts/train_toy.py generator --seed 0      (after the segmenter: it judges samples)
+    python scripts/train_toy_gan.py ...                 (the generator: see that script)
 
 Each run is seeded (data, initialisation, batch order) and writes a weights folder
 (jaxdissect.models.weights_io) under --out, plus its metrics into TRAINING.json and
-TRAINING.md beside them. The generator is a VAE decoder (ProGAN-layered) whose middle layer
-also predicts the object map through a 1x1 auxiliary head, so its units learn to lay out
-objects; only the decoder is shipped.
+TRAINING.md beside them. The generator is a GAN trained by scripts/train_toy_gan.py, which
+records through `write_training_md` here and measures its unit ablations with
+`measure_generator`.
 
 The classifier-head stage keeps the trained convolutional features and fits fc6/fc7 again
 (seeded, from scratch) on the pooled conv4_2 units with an L1 penalty on the fc6 kernel, so
@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from jaxdissect.data.scenes import SCENE_LABELS, Scenes
+from jaxdissect.experiments.generator_quality import to_network_size
 from jaxdissect.models import registry, toy
 from jaxdissect.models.weights_io import save_weights
 from jaxdissect.segment.toy import category_label_ids, subsample_labels
@@ -294,6 +295,9 @@ def measure_classifier_dissection(module, params, args, n=1000, layer="features.
     return s
 
 
+PART_LABELS_SHOWN = ("roof", "door", "window", "trunk", "crown", "wheel", "head", "torso", "leg")
+
+
 # ---- segmenter -----------------------------------------------------------------------------
 def segmenter_metrics(seg_pred: np.ndarray, seg_true: np.ndarray) -> dict:
     """Pixel accuracy and mean IoU (over labels present in truth or prediction) per category."""
@@ -311,6 +315,32 @@ def segmenter_metrics(seg_pred: np.ndarray, seg_true: np.ndarray) -> dict:
     return out
 
 
+def label_ious(seg_pred: np.ndarray, seg_true: np.ndarray) -> dict:
+    """IoU of every label present in truth or prediction (each label lives in one channel)."""
+    out = {}
+    for k, (name, cat) in enumerate(zip(SCENE_LABELS.names, SCENE_LABELS.categories)):
+        if k == 0:
+            continue
+        c = SCENE_LABELS.category_names.index(cat)
+        p, t = seg_pred[:, c] == k, seg_true[:, c] == k
+        union = int(np.sum(p | t))
+        if union:
+            out[name] = round(float(np.sum(p & t)) / union, 4)
+    return out
+
+
+def balanced_weights(targets: np.ndarray, class_counts: Sequence[int], power: float) -> list[np.ndarray]:
+    """Per category (axis 1 of per-category class maps (N, C, h, w)): class weights
+    frequency^-power, scaled so that the weight of an average pixel is 1 (power 0: all ones).
+    Rare classes (a door is 0.2% of the pixels) then count in the loss."""
+    out = []
+    for c, n in enumerate(class_counts):
+        freq = np.bincount(targets[:, c].ravel(), minlength=n).astype(np.float64) / targets[:, c].size
+        w = np.where(freq > 0, np.maximum(freq, 1e-12) ** -power, 0.0)
+        out.append((w / np.sum(freq * w)).astype(np.float32))
+    return out
+
+
 def train_segmenter(args) -> dict:
     from jaxdissect.segment.toy import ToySegmenter
 
@@ -322,6 +352,7 @@ def train_segmenter(args) -> dict:
     targets = category_class_maps(train["segmentation"][:, :, ::2, ::2])  # half resolution
     params = module.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))
     bs, crop = args.batch, args.crop
+    weights = [jnp.asarray(w) for w in balanced_weights(targets, config["class_counts"], args.balance)]
 
     def data(rng):
         idx = rng.integers(0, len(train["scene"]), bs)
@@ -333,7 +364,8 @@ def train_segmenter(args) -> dict:
     def loss_fn(p, batch, key):
         x, y = batch
         outs = module.apply(p, x)
-        losses = [optax.softmax_cross_entropy_with_integer_labels(o, y[:, c]).mean() for c, o in enumerate(outs)]
+        losses = [(weights[c][y[:, c]] * optax.softmax_cross_entropy_with_integer_labels(o, y[:, c])).mean()
+                  for c, o in enumerate(outs)]
         return sum(losses), {"obj": losses[0], "part": losses[1]}
 
     if args.measure_only:
@@ -348,74 +380,19 @@ def train_segmenter(args) -> dict:
                            for i in range(0, len(val["image"]), 50)])
     truth = val["segmentation"].astype(np.int32)
     metrics = {"val_size": len(val["scene"]), "train_loss": last, "train_seconds": secs,
-               "per_category": segmenter_metrics(pred, truth),
+               "per_category": segmenter_metrics(pred, truth), "label_iou": label_ious(pred, truth),
                "first100_pixel_accuracy": {cat: float((pred[:100, c] == truth[:100, c]).mean())
                                            for c, cat in enumerate(SCENE_LABELS.category_names)}}
     log(json.dumps(metrics["per_category"]))
+    ious = metrics["label_iou"]
+    log("part IoU: " + ", ".join(f"{n} {ious.get(n, 0):.2f}" for n in PART_LABELS_SHOWN))
     save_weights(os.path.join(args.out, "toy_segmenter"), "toy_segmenter", params, config, seed=args.seed,
                  metrics=metrics)
     return metrics
 
 
-# ---- generator (VAE decoder with an object-layout auxiliary head) ----------------------------
-class Encoder(nn.Module):
-    z_dim: int
-
-    @nn.compact
-    def __call__(self, x):
-        for i, ch in enumerate((16, 32, 64, 96, 128)):
-            x = nn.leaky_relu(nn.Conv(ch, (3, 3), strides=(2, 2), padding=1, name=f"conv{i}")(x), 0.2)
-        x = nn.Dense(2 * self.z_dim, name="out")(x.reshape(x.shape[0], -1))
-        return x[:, :self.z_dim], x[:, self.z_dim:]
-
-
-AUX_LAYER = "layer6"  # 16x16: the layer whose units are asked to lay out objects
-
-
-def train_generator(args) -> dict:
-    spec = registry.get_spec("toy_generator")
-    config = dict(spec.default_config)
-    gen = spec.build(config)
-    zd = int(config["z_dim"])
-    enc = Encoder(zd)
-    n_obj = toy.segmenter_class_counts()[0]
-    aux = nn.Conv(n_obj, (1, 1))
-    train = scene_arrays("train", args.train_size, args.seed, args.cache)
-    objmap = category_class_maps(train["segmentation"][:, :1, 4::8, 4::8])[:, 0]  # (N, 16, 16)
-    k1, k2, k3 = jax.random.split(jax.random.key(args.seed), 3)
-    params = {"gen": gen.init(k1, jnp.zeros((1, zd))), "enc": enc.init(k2, jnp.zeros((1, 128, 128, 3))),
-              "aux": aux.init(k3, jnp.zeros((1, 16, 16, config["channels"][2])))}
-    bs, sigma2 = args.batch, args.sigma ** 2
-
-    def data(rng):
-        idx = rng.integers(0, len(train["scene"]), bs)
-        x = train["image"][idx]
-        flip = rng.random(bs) < 0.5
-        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-        y = np.where(flip[:, None, None], objmap[idx][:, :, ::-1], objmap[idx])
-        return to_pm1(x), jnp.asarray(y)
-
-    def loss_fn(p, batch, key):
-        x, y = batch
-        mu, logvar = enc.apply(p["enc"], x)
-        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape)
-        xr, h = run_with_capture(gen, p["gen"], z, AUX_LAYER)
-        rec = jnp.sum((xr - x) ** 2, axis=(1, 2, 3)).mean() / (2 * sigma2)
-        kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu ** 2 - 1 - logvar, axis=1).mean()
-        ce = optax.softmax_cross_entropy_with_integer_labels(aux.apply(p["aux"], h), y).sum((1, 2)).mean()
-        return (rec + kl + args.aux_weight * ce) / (128 * 128), {"rec": rec, "kl": kl, "ce": ce}
-
-    if args.measure_only:
-        variables, last, secs = shipped_variables("toy_generator", args)
-    else:
-        params, last, secs = fit(loss_fn, params, data, args.steps, args.lr, args.seed)
-        variables = params["gen"]
-        save_weights(os.path.join(args.out, "toy_generator"), "toy_generator", variables, config, seed=args.seed)
-    metrics = {"train_loss": last, "train_seconds": secs}
-    metrics.update(measure_generator(gen, variables, config, args))
-    save_weights(os.path.join(args.out, "toy_generator"), "toy_generator", variables, config, seed=args.seed,
-                 metrics=metrics)
-    return metrics
+# ---- generator measurements (the generator itself is trained by scripts/train_toy_gan.py) -----
+GENERATOR_LAYER = "layer6"  # 16x16: the toy generator's default layer
 
 
 def generator_samples(z_dim: int, n: int, seed: int) -> np.ndarray:
@@ -423,30 +400,22 @@ def generator_samples(z_dim: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
 
 
-def measure_generator(gen, variables, config, args, n=200, seed=1, layer=AUX_LAYER, k=None) -> dict:
-    """Samples' object rates by the toy segmenter, a sample grid, and the unit-ablation effect
-    for every object class: zero the k units whose thresholded activations best match the class."""
-    from PIL import Image
-
-    from jaxdissect.models import load
-    from jaxdissect.segment.toy import ToySegmenter
-
-    seg = ToySegmenter(load("toy_segmenter", weights=os.path.join(args.out, "toy_segmenter")))
+def measure_generator(gen, variables, config, seg, n=200, seed=1, layer=GENERATOR_LAYER, k=None) -> dict:
+    """Samples' object rates by the toy segmenter (`seg`, on the images at 128 px) and the
+    unit-ablation effect for every object class: zero the k units whose thresholded activations
+    best match the class (IoU at the layer's 99th percentile, upsampled to 64x64)."""
     z = generator_samples(int(config["z_dim"]), n, seed)
     run = jax.jit(lambda v, z, m: run_with_capture(gen, v, z, layer, m))
-    units = int(config["channels"][2])
+    units = int(run_with_capture(gen, variables, jnp.asarray(z[:1]), layer)[1].shape[-1])
     k = k or max(units // 8, 1)
     zero = jnp.zeros((units,))
+    segment = lambda im: np.asarray(seg.segment(to_network_size(im), 2))  # noqa: E731
     imgs, acts = zip(*[run(variables, z[i:i + 50], zero) for i in range(0, n, 50)])
-    segs = [np.asarray(seg.segment(im, 2)) for im in imgs]
+    segs = [segment(im) for im in imgs]
     obj = np.concatenate(segs)[:, 0]
     frac = {SCENE_LABELS.names[i]: float(np.mean((obj == i).any((1, 2)))) for i in np.unique(obj) if i}
     things = ("house", "tree", "car", "boat", "person", "streetlight")
     any_thing = float(np.mean(np.isin(obj, [SCENE_LABELS.index(t) for t in things]).any((1, 2))))
-    grid = np.concatenate(imgs)[:32]
-    grid = ((grid + 1) * 127.5).clip(0, 255).astype(np.uint8).reshape(4, 8, 128, 128, 3)
-    grid = grid.transpose(0, 2, 1, 3, 4).reshape(512, 1024, 3)
-    Image.fromarray(grid).resize((512, 256), Image.BILINEAR).save(os.path.join(args.out, "toy_generator_samples.png"))
     iou, _ = dissect_units(lambda b: acts[b], lambda b: segs[b], len(acts), units, (64, 64), quantile=0.99)
     ablation = {}
     for name in ("sky", "grass", "road", "water", "sand", "mountain") + things:
@@ -457,14 +426,14 @@ def measure_generator(gen, variables, config, args, n=200, seed=1, layer=AUX_LAY
         top = np.argsort(-iou[c])[:k]
         mask = jnp.zeros((units,)).at[top].set(1.0)
         after_imgs = [run(variables, z[i:i + 50], mask)[0] for i in range(0, n, 50)]
-        after = int(sum((np.asarray(seg.segment(im, 2))[:, 0] == c).sum() for im in after_imgs))
+        after = int(sum((segment(im)[:, 0] == c).sum() for im in after_imgs))
         ablation[name] = {"units": [int(u) for u in top], "pixels_before": before, "pixels_after": after,
                           "removed_fraction": 1 - after / before}
         log(f"ablating {k} {name} units {top.tolist()}: {before} -> {after} pixels")
     log(f"generator samples with each object: {frac}; with a house/tree/car/boat/person/streetlight: {any_thing}")
     causal = max(ablation, key=lambda name: ablation[name]["removed_fraction"]) if ablation else None
-    return {"causal_class": causal, "samples": n, "sample_seed": seed, "layer": layer, "k": k, "object_image_fraction": frac,
-            "fraction_with_thing": any_thing, "ablation": ablation}
+    return {"causal_class": causal, "samples": n, "sample_seed": seed, "layer": layer, "k": k,
+            "object_image_fraction": frac, "fraction_with_thing": any_thing, "ablation": ablation}
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -472,7 +441,6 @@ DEFAULTS = {
     "classifier": dict(steps=700, batch=32, lr=2e-3, train_size=6000),
     "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000),
     "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64),
-    "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000),
 }
 
 
@@ -499,7 +467,7 @@ def record(out: str, which: str, metrics: dict, argv: Sequence[str], args) -> No
     if not args.measure_only:
         entry = {"command": command, "seed": args.seed,
                  "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size")
-                                     + (("l1",) if which == "classifier-head" else ())},
+                                     + (("l1",) if which == "classifier-head" else ()) + (("balance",) if which == "segmenter" else ())},
                  "jax": jax.__version__}
     else:
         entry["measured_by"] = command
@@ -533,6 +501,8 @@ def write_training_md(out: str, data: dict) -> None:
         elif which == "segmenter":
             for cat, v in m.get("per_category", {}).items():
                 lines.append(f"- {cat}: pixel accuracy {v['pixel_accuracy']:.4f}, mean IoU {v['mean_iou']:.4f}")
+            if m.get("label_iou"):
+                lines.append("- part IoU: " + ", ".join(f"{n} {m['label_iou'].get(n, 0):.2f}" for n in PART_LABELS_SHOWN))
         elif which == "generator":
             lines.append(f"- samples: {m.get('samples')} (z seed {m.get('sample_seed')}); fraction with a "
                          f"house/tree/car/boat/person/streetlight: {m.get('fraction_with_thing')}")
@@ -540,6 +510,7 @@ def write_training_md(out: str, data: dict) -> None:
             for name, a in m.get("ablation", {}).items():
                 lines.append(f"- zeroing the {m.get('k')} {m.get('layer')} units best matching {name}: "
                              f"{a['pixels_before']} -> {a['pixels_after']} pixels (removed {a['removed_fraction']:.2f})")
+        lines += e.get("summary_lines", [])  # runs of other training scripts (train_toy_gan.py) say their own
         lines.append("")
     with open(os.path.join(out, "TRAINING.md"), "w") as f:
         f.write("\n".join(lines))
@@ -558,11 +529,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--train-size", type=int)
     p.add_argument("--val-size", type=int, default=500)
     p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--sigma", type=float, default=0.2, help="generator: VAE pixel noise std")
     p.add_argument("--measure-only", action="store_true",
                    help="measure the shipped weights in --out again instead of training")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="segmenter: weigh each class by frequency^-BALANCE in the loss (0: unweighted; 0.5: rare parts count)")
     p.add_argument("--l1", type=float, default=1e-3, help="classifier-head: L1 weight on the fc6 kernel")
-    p.add_argument("--aux-weight", type=float, default=20.0, help="generator: weight of the object-map head")
     args = p.parse_args(argv)
     for k, v in DEFAULTS[args.which].items():
         if getattr(args, k, None) is None:
@@ -570,8 +541,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     jax.config.update("jax_default_matmul_precision", "float32")
     if args.which == "classifier-head" and args.measure_only:
         p.error("classifier-head has no --measure-only (measure with: classifier --measure-only)")
-    metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head, "segmenter": train_segmenter,
-               "generator": train_generator}[args.which](args)
+    metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head,
+               "segmenter": train_segmenter}[args.which](args)
     record(args.out, args.which, metrics, argv, args)
 
 
