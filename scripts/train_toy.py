@@ -341,6 +341,20 @@ def balanced_weights(targets: np.ndarray, class_counts: Sequence[int], power: fl
     return out
 
 
+def prior_correction(variables, weights: Sequence[jax.Array], amount: float):
+    """Subtract amount * log(class weight) from each category head's bias (classes absent from
+    training keep theirs). A net trained with class weights w learns logits shifted by log w
+    (it over-predicts rare classes); amount 1 undoes that shift, 0 keeps it."""
+    if amount == 0:
+        return variables
+    params = dict(variables["params"])
+    for c, w in enumerate(weights):
+        head = dict(params[f"head{c}"])
+        head["bias"] = head["bias"] - amount * jnp.log(jnp.where(w > 0, w, 1.0))
+        params[f"head{c}"] = head
+    return {**variables, "params": params}
+
+
 def train_segmenter(args) -> dict:
     from jaxdissect.segment.toy import ToySegmenter
 
@@ -372,6 +386,7 @@ def train_segmenter(args) -> dict:
         params, last, secs = shipped_variables("toy_segmenter", args)
     else:
         params, last, secs = fit(loss_fn, params, data, args.steps, args.lr, args.seed)
+        params = prior_correction(params, weights, args.prior_correction)
         save_weights(os.path.join(args.out, "toy_segmenter"), "toy_segmenter", params, config, seed=args.seed)
     model = registry.LoadedModel("toy_segmenter", "segmenter", module, params, config, (128, 128),
                                  spec.normalization, spec.default_layer, spec.layer_names, None)
@@ -467,7 +482,7 @@ def record(out: str, which: str, metrics: dict, argv: Sequence[str], args) -> No
     if not args.measure_only:
         entry = {"command": command, "seed": args.seed,
                  "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size")
-                                     + (("l1",) if which == "classifier-head" else ()) + (("balance",) if which == "segmenter" else ())},
+                                     + (("l1",) if which == "classifier-head" else ()) + (("balance", "prior_correction") if which == "segmenter" else ())},
                  "jax": jax.__version__}
     else:
         entry["measured_by"] = command
@@ -533,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="measure the shipped weights in --out again instead of training")
     p.add_argument("--balance", type=float, default=0.0,
                    help="segmenter: weigh each class by frequency^-BALANCE in the loss (0: unweighted; 0.5: rare parts count)")
+    p.add_argument("--prior-correction", type=float, default=0.0,
+                   help="segmenter: after training, move each head's bias by -A * log(class weight) (see --balance)")
     p.add_argument("--l1", type=float, default=1e-3, help="classifier-head: L1 weight on the fc6 kernel")
     args = p.parse_args(argv)
     for k, v in DEFAULTS[args.which].items():
