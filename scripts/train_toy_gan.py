@@ -11,9 +11,11 @@ unchanged. It grows as the Progressive GAN does: the first --grow-at steps train
 half the final resolution (with its own RGB block), then the last resolution's two layers fade
 in over --fade steps (the output is (1 - a) * upsampled half-resolution RGB + a * full RGB, a
 going from 0 to 1), and training goes on at full resolution. The discriminator (here only) grows
-the same way: per resolution a 1x1 conv from RGB and a 4x4 stride-2 conv with spectral norm,
-then a minibatch-stddev channel, a 3x3 conv and a linear score at 4x4. Hinge loss, Adam, and an
-exponential moving average (EMA) of the generator's weights, which is what gets shipped.
+the same way: per resolution a 1x1 conv from RGB and a 4x4 stride-2 conv, then a minibatch-stddev
+channel, a 3x3 conv and a linear score at 4x4, all with the equalized learning rate. The
+StyleGAN2 recipe: non-saturating logistic loss, a lazy R1 penalty on real images, Adam with
+beta1 = 0, and an exponential moving average (EMA) of the generator's weights, which is what
+gets shipped. (Hinge loss with a spectral-norm discriminator collapsed to one image by step 2000.)
 
 Training images are scenes of a few classes (default street, village and park: houses with
 doors and windows, trees, people, cars) rendered once from the train split. Every --eval-every
@@ -49,6 +51,7 @@ from jaxdissect.data.zdataset import standard_z_sample  # noqa: E402
 from jaxdissect.experiments import generator_quality as gq  # noqa: E402
 from jaxdissect.models import load, registry  # noqa: E402
 from jaxdissect.models.proggan import NormConvBlock, output_name  # noqa: E402
+from jaxdissect.models.layers import WScale  # noqa: E402
 from jaxdissect.models.toy import ToRGB  # noqa: E402
 from jaxdissect.models.weights_io import save_weights  # noqa: E402
 from jaxdissect.segment.toy import ToySegmenter  # noqa: E402
@@ -121,56 +124,78 @@ class MinibatchStddev(nn.Module):
         return jnp.concatenate([x, s], axis=-1)
 
 
+class EqConv(nn.Module):
+    """Conv with the equalized learning rate of the generator's blocks: N(0, 1) weights scaled
+    at run time by gain / sqrt(fan in), a bias, LeakyReLU(0.2) unless `linear`."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    linear: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
+                    padding=self.padding, use_bias=False, kernel_init=nn.initializers.normal(1.0), name="conv")(x)
+        gain = 1.0 if self.linear else math.sqrt(2.0)
+        x = WScale(fan_in, gain / self.kernel, name="wscale")(x)
+        return x if self.linear else nn.leaky_relu(x, 0.2)
+
+
 class Discriminator(nn.Module):
-    """NHWC images in [-1, 1] of side `resolution` -> (N,) scores. Per resolution r: `from_rgb_r`
+    """NHWC images in [-1, 1] of side `resolution` -> (N,) logits. Per resolution r: `from_rgb_r`
     (1x1 conv) on the image, then `block_r` (4x4 stride-2 conv to r/2); with `fade`, the input of
-    block_{r/2} is (1 - alpha) * from_rgb_{r/2}(2x2 average of the image) + alpha * block_r(...)."""
+    block_{r/2} is (1 - alpha) * from_rgb_{r/2}(2x2 average of the image) + alpha * block_r(...).
+    At 4x4: a minibatch-stddev channel, a 3x3 conv and a linear score. Equalized learning rate."""
 
     resolution: int
     fade: bool = False
 
-    def _sn(self, layer: nn.Module, name: str, x: jax.Array, update_stats: bool) -> jax.Array:
-        return nn.SpectralNorm(layer, name=name)(x, update_stats=update_stats)
-
-    def _from_rgb(self, img, r, update_stats):
-        conv = nn.Conv(d_width(r), (1, 1), name=f"from_rgb_{r}_conv")
-        return nn.leaky_relu(self._sn(conv, f"from_rgb_{r}", img, update_stats), 0.2)
-
-    def _block(self, x, r, update_stats):
-        conv = nn.Conv(d_width(r // 2), (4, 4), strides=(2, 2), padding=1, name=f"block_{r}_conv")
-        return nn.leaky_relu(self._sn(conv, f"block_{r}", x, update_stats), 0.2)
-
     @nn.compact
-    def __call__(self, img: jax.Array, alpha: jax.Array | float = 1.0, update_stats: bool = False) -> jax.Array:
+    def __call__(self, img: jax.Array, alpha: jax.Array | float = 1.0) -> jax.Array:
         r = self.resolution
         if img.shape[1:3] != (r, r):
             raise ValueError(f"discriminator for {r}x{r} images got shape {img.shape}")
-        x = self._block(self._from_rgb(img, r, update_stats), r, update_stats)
+        x = EqConv(d_width(r // 2), 4, 2, 1, name=f"block_{r}")(EqConv(d_width(r), 1, name=f"from_rgb_{r}")(img))
         if self.fade:
             n = img.shape[0]
             low = img.reshape(n, r // 2, 2, r // 2, 2, 3).mean((2, 4))
-            x = alpha * x + (1.0 - alpha) * self._from_rgb(low, r // 2, update_stats)
+            x = alpha * x + (1.0 - alpha) * EqConv(d_width(r // 2), 1, name=f"from_rgb_{r // 2}")(low)
         r //= 2
         while r > 4:
-            x = self._block(x, r, update_stats)
+            x = EqConv(d_width(r // 2), 4, 2, 1, name=f"block_{r}")(x)
             r //= 2
-        x = MinibatchStddev()(x)
-        conv = nn.Conv(d_width(4), (3, 3), padding=1, name="out_conv")
-        x = nn.leaky_relu(self._sn(conv, "out", x, update_stats), 0.2)
-        dense = nn.Dense(1, name="score_dense")
-        return self._sn(dense, "score", x.reshape(x.shape[0], -1), update_stats)[:, 0]
+        x = EqConv(d_width(4), 3, 1, 1, name="out")(MinibatchStddev()(x))
+        x = x.reshape(x.shape[0], 1, 1, -1)
+        return EqConv(1, 1, linear=True, name="score")(x)[:, 0, 0, 0]
 
 
 # ---- losses, optimizers, the training step ----------------------------------------------------
-def hinge_d_loss(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
-    return jax.nn.relu(1.0 - real_scores).mean() + jax.nn.relu(1.0 + fake_scores).mean()
+def d_logistic_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """The discriminator's non-saturating GAN loss: -log sigmoid(real) - log(1 - sigmoid(fake))."""
+    return jax.nn.softplus(-real_logits).mean() + jax.nn.softplus(fake_logits).mean()
 
 
-def hinge_g_loss(fake_scores: jax.Array) -> jax.Array:
-    return -fake_scores.mean()
+def g_logistic_loss(fake_logits: jax.Array) -> jax.Array:
+    """The generator's non-saturating loss: -log sigmoid(fake)."""
+    return jax.nn.softplus(-fake_logits).mean()
 
 
-def ema_update(ema: Any, params: Any, decay: float) -> Any:
+def r1_penalty(disc_fn, real: jax.Array) -> jax.Array:
+    """Mean over images of |d D(x) / dx|^2 at real images x (R1, Mescheder et al. 2018)."""
+    grads = jax.grad(lambda x: disc_fn(x).sum())(real)
+    return jnp.sum(jnp.square(grads), axis=(1, 2, 3)).mean()
+
+
+def ema_decay(step: jax.Array, decay: float) -> jax.Array:
+    """The EMA decay at a step: min(decay, (1 + step) / (10 + step)), so early weights fade fast."""
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def ema_update(ema: Any, params: Any, decay: jax.Array | float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
@@ -194,42 +219,45 @@ class Stage:
         """A fresh training state (what a checkpoint holds)."""
         kg, kd = jax.random.split(key)
         g = self.gen.init(kg, jnp.zeros((1, self.args.z_dim)))["params"]
-        dv = self.disc.init(kd, jnp.zeros((4, self.resolution, self.resolution, 3)))
+        d = self.disc.init(kd, jnp.zeros((4, self.resolution, self.resolution, 3)))["params"]
         opt_g, opt_d = optimizers(self.args)
-        return {"step": jnp.zeros((), jnp.int32), "g": g, "g_ema": jax.tree.map(jnp.copy, g), "d": dv["params"],
-                "d_stats": dv["batch_stats"], "opt_g": opt_g.init(g), "opt_d": opt_d.init(dv["params"])}
+        return {"step": jnp.zeros((), jnp.int32), "g": g, "g_ema": jax.tree.map(jnp.copy, g), "d": d,
+                "opt_g": opt_g.init(g), "opt_d": opt_d.init(d)}
 
-    def train_step(self):
+    def train_step(self, r1: bool):
         """jitted (state, real images in [-1, 1], key, alpha) -> (state, metrics): one
-        discriminator update on a real and a fake batch, one generator update, then the EMA."""
+        discriminator update on a real and a fake batch (with the R1 penalty, weighted by
+        gamma * r1_every / 2, when `r1`: lazy regularization), one generator update, the EMA."""
         gen, disc, args = self.gen, self.disc, self.args
         opt_g, opt_d = optimizers(args)
+        r1_weight = 0.5 * args.r1_gamma * args.r1_every
 
-        def d_loss(d, d_stats, real, fake, alpha):
+        def d_loss(d, real, fake, alpha):
             both = jnp.concatenate([real, fake])  # the stddev channel's groups never mix the halves
-            scores, upd = disc.apply({"params": d, "batch_stats": d_stats}, both, alpha, update_stats=True,
-                                     mutable=["batch_stats"])
+            logits = disc.apply({"params": d}, both, alpha)
             n = real.shape[0]
-            return hinge_d_loss(scores[:n], scores[n:]), (upd["batch_stats"], scores[:n].mean(), scores[n:].mean())
+            loss = d_logistic_loss(logits[:n], logits[n:])
+            pen = r1_penalty(lambda x: disc.apply({"params": d}, x, alpha), real) if r1 else jnp.zeros(())
+            return loss + r1_weight * pen, (logits[:n].mean(), logits[n:].mean(), pen)
 
-        def g_loss(g, d, d_stats, z, alpha):
-            fake = gen.apply({"params": g}, z, alpha)
-            return hinge_g_loss(disc.apply({"params": d, "batch_stats": d_stats}, fake, alpha))
+        def g_loss(g, d, z, alpha):
+            return g_logistic_loss(disc.apply({"params": d}, gen.apply({"params": g}, z, alpha), alpha))
 
         def step(state, real, key, alpha):
             kd, kg = jax.random.split(key)
             n = real.shape[0]
             fake = gen.apply({"params": state["g"]}, jax.random.normal(kd, (n, args.z_dim)), alpha)
-            (ld, (d_stats, sr, sf)), gd = jax.value_and_grad(d_loss, has_aux=True)(
-                state["d"], state["d_stats"], real, jax.lax.stop_gradient(fake), alpha)
+            (ld, (sr, sf, pen)), gd = jax.value_and_grad(d_loss, has_aux=True)(
+                state["d"], real, jax.lax.stop_gradient(fake), alpha)
             upd, opt_d_state = opt_d.update(gd, state["opt_d"], state["d"])
             d = optax.apply_updates(state["d"], upd)
-            lg, gg = jax.value_and_grad(g_loss)(state["g"], d, d_stats, jax.random.normal(kg, (n, args.z_dim)), alpha)
+            lg, gg = jax.value_and_grad(g_loss)(state["g"], d, jax.random.normal(kg, (n, args.z_dim)), alpha)
             upd, opt_g_state = opt_g.update(gg, state["opt_g"], state["g"])
             g = optax.apply_updates(state["g"], upd)
-            new = {"step": state["step"] + 1, "g": g, "g_ema": ema_update(state["g_ema"], g, args.ema), "d": d,
-                   "d_stats": d_stats, "opt_g": opt_g_state, "opt_d": opt_d_state}
-            return new, {"d_loss": ld, "g_loss": lg, "real_score": sr, "fake_score": sf}
+            ema = ema_update(state["g_ema"], g, ema_decay(state["step"], args.ema))
+            new = {"step": state["step"] + 1, "g": g, "g_ema": ema, "d": d, "opt_g": opt_g_state,
+                   "opt_d": opt_d_state}
+            return new, {"d_loss": ld, "g_loss": lg, "real_score": sr, "fake_score": sf, "r1": pen}
 
         return jax.jit(step, donate_argnums=0)
 
@@ -359,8 +387,8 @@ def save_grid(path: str, images_pm1, rows: int = 4, scale: int = 1) -> None:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
-SETTINGS = ("seed", "batch", "lr_g", "lr_d", "beta1", "ema", "z_dim", "channels", "classes", "train_size",
-            "grow_at", "fade")
+SETTINGS = ("seed", "batch", "lr_g", "lr_d", "beta1", "ema", "r1_gamma", "r1_every", "z_dim", "channels", "classes",
+            "train_size", "grow_at", "fade")
 
 
 def run_settings(args) -> dict:
@@ -441,7 +469,7 @@ def train(args) -> dict:
     if args.eval_every:
         ref = class_scenes("val", args.classes, args.fid_reference, args.seed, args.cache)
         tracker = FidTracker(ref, args.z_dim, samples=args.fid_samples)
-    step_fn, sample = stage.train_step(), stage.sampler()
+    step_fns, sample = (stage.train_step(False), stage.train_step(True)), stage.sampler()
     reals = downsample(images, stage.resolution)
     train_toy.log(f"training steps {start}..{args.steps} from {stage.resolution} px (G channels {stage.channels}); "
                   f"{len(images)} training scenes of {', '.join(args.classes)}")
@@ -451,20 +479,22 @@ def train(args) -> dict:
         if (depth, fade) != (len(stage.channels), stage.fade):
             new = Stage(args, depth, fade)
             state = graft(new.init(jax.random.fold_in(key, i)), state)
-            stage, step_fn, sample = new, new.train_step(), new.sampler()
+            stage, step_fns, sample = new, (new.train_step(False), new.train_step(True)), new.sampler()
             reals = downsample(images, stage.resolution)
             train_toy.log(f"step {i}: grown to {stage.resolution} px (fading in over {args.fade} steps)")
+        step_fn = step_fns[args.r1_every > 0 and i % args.r1_every == 0]
         state, m = step_fn(state, real_batch(reals, args.seed, i, args.batch), jax.random.fold_in(key, i),
                            jnp.float32(alpha))
         hist.append(m)
         done = i + 1
         if done % args.log_every == 0 or done == args.steps:
             m = jax.tree.map(lambda *v: float(np.mean(v)), *hist)
+            r1s = [float(h["r1"]) for j, h in enumerate(hist, done - len(hist)) if args.r1_every and j % args.r1_every == 0]
             hist = []
             secs = cpu + time.process_time() - c0
             train_toy.log(f"step {done} ({stage.resolution} px, alpha {alpha:.2f}): d {m['d_loss']:.3f} "
-                          f"g {m['g_loss']:.3f} real {m['real_score']:.2f} fake {m['fake_score']:.2f}; "
-                          f"{secs:.0f} CPU s")
+                          f"g {m['g_loss']:.3f} real {m['real_score']:.2f} fake {m['fake_score']:.2f} "
+                          f"r1 {np.mean(r1s) if r1s else 0:.3f}; {secs:.0f} CPU s")
         if tracker is not None and (done % args.eval_every == 0 or done == args.steps):
             fid = tracker(sample, state["g_ema"], jnp.float32(alpha), stage.resolution)
             history.append({"step": done, "resolution": stage.resolution, "alpha": round(alpha, 3),
@@ -491,10 +521,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--grow-at", type=int, default=10000, help="steps at half resolution (0: full resolution throughout)")
     p.add_argument("--fade", type=int, default=1000, help="steps over which the last resolution fades in")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr-g", type=float, default=2e-3, help="generator Adam rate (equalized learning rate)")
-    p.add_argument("--lr-d", type=float, default=2e-4, help="discriminator Adam rate (spectral norm)")
+    p.add_argument("--lr-g", type=float, default=2e-3, help="generator Adam rate")
+    p.add_argument("--lr-d", type=float, default=2e-3, help="discriminator Adam rate")
     p.add_argument("--beta1", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--r1-gamma", type=float, default=0.1, help="weight of the R1 penalty on real images")
+    p.add_argument("--r1-every", type=int, default=4, help="apply R1 every N steps (scaled by N; 0: never)")
     p.add_argument("--z-dim", type=int, default=None, help="default: toy_generator's")
     p.add_argument("--channels", type=int, nargs="+", default=None,
                    help="generator widths at 4x4, 8x8, ... (default: toy_generator's)")
@@ -565,8 +597,8 @@ def ship(out: dict, args, argv: Sequence[str]) -> None:
                       "hyperparameters": {k: getattr(args, k) for k in HYPERPARAMETERS}, "metrics": metrics})
 
 
-HYPERPARAMETERS = ("steps", "grow_at", "fade", "batch", "lr_g", "lr_d", "beta1", "ema", "train_size", "classes",
-                   "channels", "z_dim")
+HYPERPARAMETERS = ("steps", "grow_at", "fade", "batch", "lr_g", "lr_d", "beta1", "ema", "r1_gamma", "r1_every",
+                   "train_size", "classes", "channels", "z_dim")
 
 
 def record(out_dir: str, entry: dict) -> None:

@@ -65,7 +65,7 @@ def test_discriminator_fade_and_graft():
         for a, b in zip(jax.tree.leaves(g["params"][name]), jax.tree.leaves(v8["params"][name])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     new = set(v16["params"]) - set(v8["params"])
-    assert new == {"from_rgb_16_conv", "block_16_conv"}
+    assert new == {"from_rgb_16", "block_16"}
     for name in new:
         for a, b in zip(jax.tree.leaves(g["params"][name]), jax.tree.leaves(v16["params"][name])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -76,10 +76,21 @@ def test_discriminator_fade_and_graft():
         d16.apply(v16, x[:, :8, :8])
 
 
-def test_hinge_losses():
-    real, fake = jnp.asarray([2.0, 0.5, -1.0]), jnp.asarray([-2.0, 0.0, 1.5])
-    assert float(tg.hinge_d_loss(real, fake)) == pytest.approx((0 + 0.5 + 2.0) / 3 + (0 + 1.0 + 2.5) / 3)
-    assert float(tg.hinge_g_loss(fake)) == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
+def test_losses_and_r1():
+    real, fake = np.asarray([2.0, 0.5, -1.0]), np.asarray([-2.0, 0.0, 1.5])
+    sig = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
+    want_d = -np.mean(np.log(sig(real))) - np.mean(np.log(1 - sig(fake)))
+    assert float(tg.d_logistic_loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(want_d, rel=1e-6)
+    assert float(tg.g_logistic_loss(jnp.asarray(fake))) == pytest.approx(-np.mean(np.log(sig(fake))), rel=1e-6)
+    # R1 of D(x) = sum(w x) is |w|^2 for every image; of D(x) = sum(x^2) it is mean over images of 4 |x|^2
+    rng = np.random.default_rng(0)
+    w, x = rng.normal(size=(1, 4, 4, 3)), rng.normal(size=(5, 4, 4, 3))
+    lin = tg.r1_penalty(lambda v: (v * jnp.asarray(w, jnp.float32)).sum((1, 2, 3)), jnp.asarray(x, jnp.float32))
+    assert float(lin) == pytest.approx(np.sum(w ** 2), rel=1e-5)
+    quad = tg.r1_penalty(lambda v: (v * v).sum((1, 2, 3)), jnp.asarray(x, jnp.float32))
+    assert float(quad) == pytest.approx(np.mean(4 * np.sum(x ** 2, axis=(1, 2, 3))), rel=1e-5)
+    # the EMA decay ramps up: 0.1 at step 0, the set decay later
+    assert float(tg.ema_decay(0, 0.999)) == pytest.approx(0.1) and float(tg.ema_decay(10 ** 6, 0.999)) == pytest.approx(0.999)
 
 
 def test_stage_schedule():
