@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace):
-    from jaxdissect.dissect.pipeline import MODEL_ALIASES
+    from jaxdissect.dissect.config import MODEL_ALIASES
     from jaxdissect.experiments.adversarial import FAST_CW, AdversarialConfig
     from jaxdissect.experiments.attacks import attack_config
 

@@ -61,7 +61,7 @@ def main() -> None:
 
     from jaxdissect import parallel
     from jaxdissect.dissect import sources, steps
-    from jaxdissect.dissect.pipeline import resolve_layers
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import classifier_ablation as ca
     from jaxdissect.experiments.class_metrics import ClassCounts
     from jaxdissect.experiments.sweep import tail_function

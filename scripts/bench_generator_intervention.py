@@ -35,7 +35,7 @@ def main() -> None:
 
     from jaxdissect import parallel
     from jaxdissect.dissect import sources
-    from jaxdissect.dissect.pipeline import make_segmenter
+    from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.experiments import generator_intervention as gi
     from jaxdissect.models import load
 

@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace):
-    from jaxdissect.dissect.pipeline import MODEL_ALIASES
+    from jaxdissect.dissect.config import MODEL_ALIASES
     from jaxdissect.experiments.classifier_ablation import DEFAULT_NS, InterventionConfig
 
     model = MODEL_ALIASES.get(args.model, args.model)

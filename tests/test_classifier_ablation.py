@@ -100,7 +100,7 @@ def planted_sources(fail_at=None):
 
 def fake_dissection(directory, best_iou, labels):
     """A dissection result of the planted layer, with a report.json to extend."""
-    from jaxdissect.dissect.pipeline import LayerResult
+    from jaxdissect.dissect import LayerResult
     from jaxdissect.report.report_json import write_report_json
 
     os.makedirs(directory, exist_ok=True)

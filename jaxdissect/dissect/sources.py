@@ -1,15 +1,21 @@
 """Where the dissection's samples come from: images (scenes world, image folders) or z vectors.
 
 A source is random access by global sample index, so batches can be re-read for thumbnails and
-a resumed run sees exactly the batches it missed.
+a resumed run sees exactly the batches it missed. `identity()` says what a source holds (for the
+fingerprints of results and caches); `prefetch` loads batches ahead on several threads (image
+decoding releases the GIL), each process loading only its own rows.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from typing import Any, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+LOADER_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclasses.dataclass
@@ -48,6 +54,15 @@ class ScenesSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def identity(self) -> dict:
+        """Split, seed, size and image size, plus a digest of the first scene (the renderer's output)."""
+        d = self.dataset
+        first = d[0] if len(d) else {"image": np.zeros(0), "segmentation": np.zeros(0)}
+        content = hashlib.sha256(np.ascontiguousarray(first["image"]).tobytes()
+                                 + np.ascontiguousarray(first["segmentation"]).tobytes()).hexdigest()[:16]
+        return {"kind": "scenes", "split": d.split, "seed": d.seed, "size": len(d), "image_size": d.image_size,
+                "first_scene": content}
+
     def _scene(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
         hit = self._cache.get(i)
         if hit is not None:
@@ -83,6 +98,18 @@ class FolderSource:
     def __len__(self) -> int:
         return self.size
 
+    def identity(self) -> dict:
+        """The files in sample order with their sizes and modification times, and the preparation."""
+        h = hashlib.sha256()
+        for rel in self.dataset.files[:self.size]:
+            try:
+                st = os.stat(os.path.join(self.dataset.root, rel))
+                h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            except OSError:
+                h.update(f"{rel}|missing\n".encode("utf-8", "surrogateescape"))
+        return {"kind": "folder", "files": h.hexdigest(), "size": self.size, "crop": self.dataset.crop,
+                "resize": self.dataset.resize}
+
     def load(self, indices: Sequence[int]) -> Batch:
         b = self.dataset.batch(indices)
         return Batch(np.asarray(indices, np.int32), b["image"], b["ok"], None, b["errors"], b["label"])
@@ -102,9 +129,15 @@ class TfdsSource:
         self.dataset = TfdsImages(data if data is not None else open_data_source(name, split, data_dir), crop=crop)
         self.size = len(self.dataset) if size is None else min(size, len(self.dataset))
         self.classes = self.dataset.classes
+        self.name, self.split = name, split
 
     def __len__(self) -> int:
         return self.size
+
+    def identity(self) -> dict:
+        """The dataset's name, split and length (tfds datasets are versioned and immutable), the preparation."""
+        return {"kind": "tfds", "name": self.name, "split": self.split, "records": len(self.dataset),
+                "size": self.size, "crop": self.dataset.crop, "resize": self.dataset.resize}
 
     def load(self, indices: Sequence[int]) -> Batch:
         b = self.dataset.batch(indices)
@@ -121,9 +154,13 @@ class ZSource:
         from jaxdissect.data.zdataset import standard_z_sample
 
         self.z = standard_z_sample(size, z_dim, seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.z)
+
+    def identity(self) -> dict:
+        return {"kind": "z", "seed": self.seed, "size": len(self.z), "z_dim": int(self.z.shape[1])}
 
     def load(self, indices: Sequence[int]) -> Batch:
         idx = np.asarray(indices, np.int64)
@@ -159,15 +196,22 @@ def batch_ranges(total: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
 
 
-def prefetch(source: Any, ranges: Sequence[np.ndarray], positions: np.ndarray, depth: int = 2):
-    """Yield this process's part (`positions` of each global batch) of the batches `ranges`,
-    loading the next ones in a background thread while the devices work."""
-    from concurrent.futures import ThreadPoolExecutor
+def prefetch_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int | None = None) -> Iterator[Any]:
+    """Yield fn(item) for each item in order, computing up to `threads` of them ahead in background
+    threads (image decoding, file reads and numpy release the GIL)."""
+    threads = max(1, threads or LOADER_THREADS)
+    depth = threads + 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(fn, item) for item in items[:depth]]
+        for i in range(len(items)):
+            result = futures[i].result()
+            futures[i] = None
+            if i + depth < len(items):
+                futures.append(pool.submit(fn, items[i + depth]))
+            yield result
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(local_batch, source, r, positions) for r in ranges[:depth]]
-        for i in range(len(ranges)):
-            batch = futures[i].result()
-            if i + depth < len(ranges):
-                futures.append(pool.submit(local_batch, source, ranges[i + depth], positions))
-            yield batch
+
+def prefetch(source: Any, ranges: Sequence[np.ndarray], positions: np.ndarray, threads: int | None = None):
+    """Yield this process's part (`positions` of each global batch) of the batches `ranges`, in
+    order, loading up to `threads` batches at once in background threads while the devices work."""
+    return prefetch_map(lambda r: local_batch(source, r, positions), list(ranges), threads)

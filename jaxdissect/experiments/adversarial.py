@@ -174,7 +174,7 @@ class AdversarialResult:
 def experiment_dir(config: AdversarialConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-adversarial-<layer>-<attack>."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    from jaxdissect.dissect.pipeline import dataset_short_name
+    from jaxdissect.dissect.run import dataset_short_name
 
     dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
@@ -427,7 +427,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
 
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
-    from jaxdissect.dissect.pipeline import resolve_layers
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import adversarial_report
     from jaxdissect.models import load
 

@@ -97,7 +97,7 @@ class InterventionResult:
 def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    from jaxdissect.dissect.pipeline import dataset_short_name
+    from jaxdissect.dissect.run import dataset_short_name
 
     dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
@@ -242,7 +242,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     replace what the config names, for running it on your own networks and data."""
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
-    from jaxdissect.dissect.pipeline import resolve_layers
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import classifier_report
     from jaxdissect.models import load
 

@@ -411,7 +411,7 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
     from jaxdissect.dissect import DissectConfig, dissect
-    from jaxdissect.dissect.pipeline import make_segmenter
+    from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.models import load
 
     if model is None:
@@ -424,7 +424,7 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
                          outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
                          devices=config.devices, progress=config.progress, weights=config.weights)
     [result] = dissect(dcfg, model=model, segmenter=segmenter)
-    sketch = stats.load(os.path.join(result.directory, "stats", "quantiles"))
+    sketch = stats.load(os.path.join(result.directory, "stats", "activations", "quantiles"))
     return model, segmenter, result, sketch
 
 

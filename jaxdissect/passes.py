@@ -1,0 +1,156 @@
+"""One resumable pass over batches: fingerprinted checkpoints, resume, merges across devices and
+processes, progress. Every pass of the dissection and of the experiments runs through it.
+
+    run = ResumablePass(PassSpec("pass1", folder, fingerprint, "pass 1/3"), empty_states, mesh,
+                        batch_rows=[len(r) for r in ranges])
+    for b, batch in run.batches(load_from(run.start)):     # b: global batch number
+        run.state = step(run.state, ...)                    # per-device states (leading device axis)
+        run.add_errors(batch.errors)
+    merged, errors = run.finish()                           # merged on the host; checkpoint removed
+
+States are kept per device (one per device, never communicated during the pass) and merged with
+their own collectives at checkpoints and at the end, so results do not depend on the device
+count. A checkpoint holds the merged states, the number of batches done and the pass's
+fingerprint; it is resumed only by a pass with the same fingerprint (a pass with other settings
+discards it, saying what differs), on any number of devices or processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxdissect import checkpoints, parallel
+from jaxdissect import fingerprint as fp
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a pass checkpoints: every `every` batches if set, else every `seconds` (process 0's clock)."""
+
+    seconds: float = 120.0
+    every: int | None = None
+
+    def due(self, batches_done: int, last_save: float) -> bool:
+        if self.every:
+            return batches_done % self.every == 0
+        return parallel.agree(time.monotonic() - last_save >= self.seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """What a pass is: its name (the checkpoint's folder name), the folder its checkpoints go
+    in, the fingerprint of everything its result depends on, and the progress bar's label."""
+
+    name: str
+    directory: str
+    fingerprint: Mapping[str, Any]
+    description: str = ""
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.directory, "checkpoints", self.name)
+
+
+class ResumablePass:
+    """A pass in progress; see the module docstring."""
+
+    def __init__(self, spec: PassSpec, empty: Mapping[str, Any], mesh: jax.sharding.Mesh,
+                 batch_rows: Sequence[int], *, policy: CheckpointPolicy = CheckpointPolicy(), progress: bool = True,
+                 before_checkpoint: Callable[[], None] | None = None,
+                 check: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+        self.spec, self.mesh, self.policy = spec, mesh, policy
+        self.batch_rows = list(batch_rows)
+        self.before_checkpoint, self.check = before_checkpoint, check
+        self._empty = dict(empty)
+        self.start, self.errors, states = 0, {}, dict(empty)
+        loaded = checkpoints.load_states(spec.checkpoint_dir, empty)
+        if loaded is not None:
+            saved, meta = loaded
+            if meta.get("fingerprint") == fp.canonical(spec.fingerprint):
+                states, self.start = saved, int(meta["batches_done"])
+                self.errors = {int(k): v for k, v in meta.get("errors", {}).items()}
+            elif parallel.is_primary():
+                diff = "; ".join(fp.differences(meta.get("fingerprint"), spec.fingerprint)[:6])
+                log(f"{spec.description or spec.name}: not resuming the checkpoint in {spec.checkpoint_dir}, made with "
+                    f"other settings ({diff}); starting this pass again")
+        self.state = {k: parallel.place_first(states[k], empty[k], mesh) for k in empty}
+        self._bar = tqdm(total=sum(self.batch_rows), desc=spec.description or spec.name, unit="img",
+                         disable=not (progress and parallel.is_primary()), dynamic_ncols=True)
+        self._bar.update(sum(self.batch_rows[:self.start]))
+        self._last_save = time.monotonic()
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.batch_rows)
+
+    def add_errors(self, errors: Mapping[int, str]) -> None:
+        """Record unreadable samples (global index -> message) seen in a batch."""
+        self.errors.update({int(k): v for k, v in errors.items()})
+
+    def batches(self, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        """Number the items (the batches from `self.start` on) and checkpoint between them."""
+        for b, item in enumerate(items, self.start):
+            yield b, item
+            self._bar.update(int(self.batch_rows[b]))
+            if b + 1 < self.num_batches and self.policy.due(b + 1, self._last_save):
+                self.checkpoint(b + 1)
+
+    def merged(self) -> dict:
+        """The states merged over every device, on the host (a collective: every process calls it)."""
+        return parallel.to_host(parallel.merge_over_mesh(self.state, self.mesh))
+
+    def checkpoint(self, batches_done: int) -> None:
+        """Merge, check, and have process 0 save the states with their progress and fingerprint."""
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
+        merged = self.merged()
+        if self.check is not None:
+            self.check(merged)
+        errors = gather_errors(self.errors, f"{self.spec.name}-{batches_done}")
+        if parallel.is_primary():
+            checkpoints.save_states(self.spec.checkpoint_dir, merged,
+                                    {"batches_done": batches_done, "fingerprint": fp.canonical(self.spec.fingerprint),
+                                     "errors": errors})
+        parallel.barrier(f"checkpoint-{self.spec.name}-{batches_done}")
+        self._last_save = time.monotonic()
+
+    def finish(self) -> tuple[dict, dict[int, str]]:
+        """(merged states on the host, every process's unreadable samples). The checkpoint stays
+        until `clear()` (call it once the result is saved)."""
+        self._bar.close()
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
+        merged = self.merged()
+        if self.check is not None:
+            self.check(merged)
+        errors = gather_errors(self.errors, f"{self.spec.name}-end")
+        return merged, {int(k): v for k, v in errors.items()}
+
+    def clear(self) -> None:
+        """Remove the pass's checkpoint (process 0)."""
+        if parallel.is_primary():
+            checkpoints.remove(self.spec.checkpoint_dir)
+
+
+def gather_errors(errors: Mapping[int, str], tag: str) -> dict[str, str]:
+    """Every process's unreadable-sample messages, on every process (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return {str(k): v for k, v in errors.items()}
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps({str(k): v for k, v in errors.items()}).encode(), np.uint8)
+    size = multihost_utils.process_allgather(np.array([len(blob)]))
+    padded = np.zeros(int(size.max()), np.uint8)
+    padded[:len(blob)] = blob
+    every = multihost_utils.process_allgather(padded)
+    out = {}
+    for n, row in zip(np.asarray(size).reshape(-1), np.asarray(every).reshape(len(size), -1)):
+        out.update(json.loads(bytes(row[:n]).decode()))
+    return out
