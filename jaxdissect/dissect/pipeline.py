@@ -372,7 +372,8 @@ def stage_thresholds(run: DissectRun, act: Mapping[str, steps.ActivationStats], 
     for layer, plan in plans.items():
         v0, v1 = plan.values[:, 0].astype(np.float64), plan.values[:, 1].astype(np.float64)
         frac = fracs[layer]
-        out[layer] = np.where(frac > 0, v0 + frac * (v1 - v0), v0).astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            out[layer] = np.where(frac > 0, v0 + frac * (v1 - v0), v0).astype(np.float32)
         sketch_estimate = np.asarray(act[layer].quantiles.quantiles([q]))[:, 0]
         if parallel.is_primary():
             atomic_write_text(os.path.join(run.dirs[layer], "stats", THRESHOLDS_FILE), json.dumps({

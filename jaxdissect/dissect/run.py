@@ -84,7 +84,7 @@ class DissectRun:
                               "generator (segmenters are given with --seg)")
         dataset = resolve_dataset(config, model, source)
         layers = resolve_layers(model, config.layers)
-        seg_name = default_seg(config, dataset, model)
+        seg_name = default_seg(config, dataset, model, segmenter)
         if source is None:
             source = make_source(config, dataset, model)
         if len(source) == 0:
@@ -339,9 +339,13 @@ def resolve_layers(model: LoadedModel, requested) -> tuple[str, ...]:
     return tuple(out)
 
 
-def default_seg(config: DissectConfig, dataset: str, model: LoadedModel) -> str:
+def default_seg(config: DissectConfig, dataset: str, model: LoadedModel, segmenter: Any = None) -> str:
+    """The segmenter's name: the config's, a given segmenter object's `name` (else its class
+    name), or the default for the dataset and model."""
     if config.seg:
         return config.seg
+    if segmenter is not None:
+        return getattr(segmenter, "name", None) or type(segmenter).__name__.lower()
     if dataset == "scenes" and model.kind == "classifier":
         return "scenes"
     return "toy" if model.name.startswith("toy_") else "netpqc"

@@ -35,11 +35,15 @@ from jaxdissect.stats._util import as_2d, row_mask
 from jaxdissect.stats.quantile import QuantileSketch
 
 _SIGN_FLIP = np.int32(0x7FFFFFFF)
+_NEG_ZERO = np.int32(-2**31)  # the bits of -0.0
 
 
 def order_keys(x: jax.Array) -> jax.Array:
-    """int32 keys whose order is the float32 order of x (-0.0 and 0.0 share the key of 0.0)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32) + 0.0, jnp.int32)
+    """int32 keys whose order is the float32 order of x (-0.0 and 0.0 share the key of 0.0).
+
+    Only bit operations: arithmetic would flush subnormal values to zero on some backends."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    bits = jnp.where(bits == _NEG_ZERO, 0, bits)
     return jnp.where(bits >= 0, bits, bits ^ _SIGN_FLIP)
 
 
@@ -51,7 +55,8 @@ def key_values(keys: np.ndarray) -> np.ndarray:
 
 
 def _np_keys(values: np.ndarray) -> np.ndarray:
-    bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.int32)
+    bits = np.ascontiguousarray(values, np.float32).view(np.int32)
+    bits = np.where(bits == _NEG_ZERO, 0, bits)
     return np.where(bits >= 0, bits, bits ^ _SIGN_FLIP).astype(np.int32)
 
 
@@ -241,5 +246,6 @@ def exact_quantiles(sketch: QuantileSketch, q: Sequence[float] | float,
     values = exact_order_statistics(sketch, np.where(n[:, None] > 0, ranks, 0), replay, num_subbins,
                                     on_pass=on_pass).astype(np.float64).reshape(len(n), len(q), 2)
     v0, v1 = values[..., 0], values[..., 1]
-    out = np.where(frac > 0, v0 + frac * (v1 - v0), v0)
+    with np.errstate(invalid="ignore"):
+        out = np.where(frac > 0, v0 + frac * (v1 - v0), v0)
     return np.where(n[:, None] > 0, out, np.nan).astype(np.float32)
