@@ -103,10 +103,9 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: An
     return config_cls(**values)
 
 
-def make_parser(description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """A parser that shows defaults and the epilog as written, with --debug."""
-    p = argparse.ArgumentParser(description=description, epilog=epilog,
-                                formatter_class=_Formatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=_Formatter)
     p.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
     return p
 

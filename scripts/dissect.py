@@ -25,7 +25,7 @@ from jaxdissect.dissect.runstate import RunLockedError
 
 def parse_args(argv=None):
     doc = __doc__.split("\n\n")
-    p = make_parser(doc[0], "\n\n".join(doc[1:]))
+    p = make_parser("dissect.py", doc[0], "\n\n".join(doc[1:]))
     add_config_flags(p, DissectConfig)
     parallel.add_distributed_flags(p)
     return p.parse_args(argv)
