@@ -80,10 +80,15 @@ def test_one_pass_narrows_a_bin_to_one_value_and_passes_are_counted():
     sketch = sketch_of(batches, 3)
     calls = []
     exact_quantiles(sketch, [0.99], replayer(batches, calls), num_subbins=2**16)
-    assert len(calls) == 1  # a sketch bin spans 2**16 keys at resolution 128
+    # a sketch bin spans 2**16 keys at resolution 128: one pass, or two where the two ranks that
+    # numpy interpolates between fall in neighbouring bins
+    assert 1 <= len(calls) <= 2
     calls.clear()
     exact_quantiles(sketch, [0.99], replayer(batches, calls), num_subbins=2**8)
-    assert len(calls) == 2
+    assert len(calls) in (2, 3)
+    calls.clear()
+    exact_quantiles(sketch, [0.99], replayer(batches, calls), num_subbins=2**4)
+    assert 4 <= len(calls) <= 9  # 2**16 keys in 4-bit steps; the two ranks may part and take turns
 
 
 def test_replay_of_other_data_is_an_error_not_a_wrong_threshold():
@@ -100,7 +105,7 @@ def test_refinement_state_merges_exactly():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4000, 3)).astype(np.float32)
     keys = np.asarray(order_keys(jnp.asarray(x)))
-    lo, hi = keys.min(0)[:, None] + 100, keys.max(0)[:, None] - 100
+    lo, hi = keys.min(0) + 100, keys.max(0) - 100
     whole = QuantileRefinement.create(lo, hi, 64).update(x)
     parts = QuantileRefinement.create(lo, hi, 64)
     split = [QuantileRefinement.create(lo, hi, 64).update(b) for b in np.array_split(x, 3)]
@@ -109,9 +114,9 @@ def test_refinement_state_merges_exactly():
     np.testing.assert_array_equal(np.asarray(whole.counts), np.asarray(parts.counts))
     np.testing.assert_array_equal(np.asarray(whole.below), np.asarray(parts.below))
     # the counts are a histogram of the keys inside [lo, hi]
-    inside = (keys >= lo.T) & (keys <= hi.T)
+    inside = (keys >= lo) & (keys <= hi)
     assert np.asarray(whole.counts).sum() == inside.sum()
-    np.testing.assert_array_equal(np.asarray(whole.below)[:, 0], (keys < lo.T).sum(0))
+    np.testing.assert_array_equal(np.asarray(whole.below), (keys < lo).sum(0))
 
 
 def test_order_keys_sort_like_floats():

@@ -66,6 +66,7 @@ class LayerResult:
     topk_indices: np.ndarray  # (units, k)
     label_names: tuple[str, ...]
     label_categories: tuple[str, ...]
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per stage of the run that made it
 
     def unit_labels(self) -> list[tuple[str, str, float]]:
         return [(self.label_names[l], self.label_categories[l], float(i)) for l, i in zip(self.best_label, self.best_iou)]
@@ -333,7 +334,7 @@ def stage_thresholds(run: DissectRun, act: Mapping[str, steps.ActivationStats], 
     else:
         return stored
     total_units = sum(g.units for g in run.geometry.values())
-    subbins = choose_subbins(total_units, 2)
+    subbins = choose_subbins(total_units)
     plans, fracs = {}, {}
     for layer in run.layers:
         sketch = act[layer].quantiles
@@ -560,16 +561,21 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
         parallel.barrier("dissect-locked")
         finished = {l: _finished(run, l) for l in run.layers}
         parallel.barrier("dissect-checked")
+        timings = {"setup": time.perf_counter() - start}
+        clock = time.perf_counter()
         act, errors = stage_activations(run, say)
         ok_all = _sample_ok(run, errors)
+        timings["activations"], clock = time.perf_counter() - clock, time.perf_counter()
         thresholds = stage_thresholds(run, act, ok_all, say)
+        timings["thresholds"], clock = time.perf_counter() - clock, time.perf_counter()
         ious = stage_iou(run, thresholds, ok_all, say)
+        timings["iou"], clock = time.perf_counter() - clock, time.perf_counter()
         results = []
         for l in run.layers:
             best, best_iou = (np.asarray(a) for a in ious[l].best_label())
             _, top_idx = act[l].topk.result()
             results.append(LayerResult(l, run.dirs[l], thresholds[l], np.asarray(ious[l].iou()), best, best_iou,
-                                       np.asarray(top_idx), run.labels.names, run.labels.categories))
+                                       np.asarray(top_idx), run.labels.names, run.labels.categories, timings))
         elapsed = time.perf_counter() - start
         for r in results:
             if finished[r.layer]:
@@ -590,6 +596,8 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
                                   json.dumps(fp.canonical(run.result_fingerprint(r.layer)), indent=1))
                 runstate.mark_done(r.directory, summary)
                 log(summary)
+        timings["outputs"] = time.perf_counter() - clock
+        timings["total"] = time.perf_counter() - start
         parallel.barrier("dissect-done")
     return results
 

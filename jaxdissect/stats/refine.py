@@ -62,30 +62,28 @@ def _np_keys(values: np.ndarray) -> np.ndarray:
 
 @struct.dataclass
 class QuantileRefinement:
-    """One refinement pass: per (unit, target) a key interval [lo, hi], the count of values below
-    it and a histogram of its `num_subbins` slices. Additive, so merges are exact."""
+    """One refinement pass: per unit a key interval [lo, hi], the count of values below it and a
+    histogram of its `num_subbins` equal slices. Additive, so merges are exact."""
 
-    lo: jax.Array  # (units, targets) int32 order key, inclusive
-    hi: jax.Array  # (units, targets) int32 order key, inclusive
-    shift: jax.Array  # (units, targets) int32: slice of key k = (k - lo) >> shift
-    below: jax.Array  # (units, targets) int32 values with key < lo
-    counts: jax.Array  # (units, targets, num_subbins) int32 values per slice of [lo, hi]
+    lo: jax.Array  # (units,) int32 order key, inclusive
+    hi: jax.Array  # (units,) int32 order key, inclusive
+    shift: jax.Array  # (units,) int32: the slice of key k is (k - lo) >> shift
+    below: jax.Array  # (units,) int32 values with key < lo
+    counts: jax.Array  # (units, num_subbins) int32 values per slice of [lo, hi]
     num_subbins: int = struct.field(pytree_node=False, default=256)
 
     @classmethod
     def create(cls, lo: np.ndarray, hi: np.ndarray, num_subbins: int = 256) -> "QuantileRefinement":
-        """A pass over the key intervals [lo, hi] (int32 arrays of shape (units, targets))."""
+        """A pass over the key intervals [lo, hi] (int32 order keys, one per unit)."""
         if num_subbins < 2 or num_subbins & (num_subbins - 1):
             raise ValueError(f"num_subbins must be a power of two >= 2, got {num_subbins}")
         lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
-        if lo.shape != hi.shape or lo.ndim != 2 or (hi < lo).any():
-            raise ValueError("QuantileRefinement.create: lo and hi must be (units, targets) with lo <= hi")
-        width = hi - lo + 1
-        bits = np.ceil(np.log2(width.astype(np.float64))).astype(np.int64)
-        shift = np.maximum(bits - int(math.log2(num_subbins)), 0)
+        if lo.shape != hi.shape or lo.ndim != 1 or (hi < lo).any():
+            raise ValueError("QuantileRefinement.create: lo and hi must be (units,) with lo <= hi")
         return cls(lo=jnp.asarray(lo, jnp.int32), hi=jnp.asarray(hi, jnp.int32),
-                   shift=jnp.asarray(shift, jnp.int32), below=jnp.zeros(lo.shape, jnp.int32),
-                   counts=jnp.zeros(lo.shape + (num_subbins,), jnp.int32), num_subbins=num_subbins)
+                   shift=jnp.asarray(slice_shift(lo, hi, num_subbins), jnp.int32),
+                   below=jnp.zeros(lo.shape, jnp.int32), counts=jnp.zeros(lo.shape + (num_subbins,), jnp.int32),
+                   num_subbins=num_subbins)
 
     @property
     def num_units(self) -> int:
@@ -103,20 +101,25 @@ class QuantileRefinement:
         return self.replace(below=jax.lax.psum(self.below, axis_name), counts=jax.lax.psum(self.counts, axis_name))
 
 
+def slice_shift(lo: np.ndarray, hi: np.ndarray, num_subbins: int) -> np.ndarray:
+    """Per interval, the right shift that maps its keys onto at most `num_subbins` slices."""
+    width = np.asarray(hi, np.int64) - np.asarray(lo, np.int64) + 1
+    bits = np.ceil(np.log2(width.astype(np.float64))).astype(np.int64)
+    return np.maximum(bits - int(math.log2(num_subbins)), 0)
+
+
 @jax.jit
 def _update(state: QuantileRefinement, x: jax.Array, mask: jax.Array) -> QuantileRefinement:
-    units, targets, subbins = state.counts.shape
-    keys = order_keys(x)[:, :, None]  # (rows, units, 1)
-    valid = mask[:, None, None]
-    lo, hi, shift = state.lo[None], state.hi[None], state.shift[None]
-    below = state.below + ((keys < lo) & valid).sum(0, dtype=jnp.int32)
-    inside = (keys >= lo) & (keys <= hi) & valid
-    offset = jax.lax.bitcast_convert_type(keys - lo, jnp.uint32) >> shift.astype(jnp.uint32)
-    slot = (jnp.arange(units * targets, dtype=jnp.int32).reshape(1, units, targets) * subbins
-            + offset.astype(jnp.int32))
-    slot = jnp.where(inside, slot, units * targets * subbins)  # out of range: dropped
+    units, subbins = state.counts.shape
+    keys = order_keys(x)  # (rows, units)
+    valid = mask[:, None]
+    below = state.below + ((keys < state.lo) & valid).sum(0, dtype=jnp.int32)
+    inside = (keys >= state.lo) & (keys <= state.hi) & valid
+    offset = jax.lax.bitcast_convert_type(keys - state.lo, jnp.uint32) >> state.shift.astype(jnp.uint32)
+    slot = jnp.arange(units, dtype=jnp.int32) * subbins + offset.astype(jnp.int32)
+    slot = jnp.where(inside, slot, units * subbins)  # outside the interval: dropped
     counts = state.counts.reshape(-1).at[slot.reshape(-1)].add(1, mode="drop")
-    return state.replace(below=below, counts=counts.reshape(units, targets, subbins))
+    return state.replace(below=below, counts=counts.reshape(units, subbins))
 
 
 def target_ranks(n: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,10 +158,11 @@ def _start(sketch: QuantileSketch, ranks: np.ndarray):
     return values, lo_k, hi_k, below
 
 
-def choose_subbins(num_units: int, num_targets: int, budget_bytes: int = 64 << 20) -> int:
-    """The largest power of two of slices (at most 2**16) whose counts fit the memory budget."""
-    per_slice = 4 * max(1, num_units * num_targets)
-    return int(2 ** np.clip(np.floor(np.log2(max(budget_bytes // per_slice, 2))), 1, 16))
+def choose_subbins(num_units: int, budget_bytes: int = 64 << 20) -> int:
+    """The largest power of two of slices (at most 2**17, two sketch bins at resolution 128: one
+    pass usually finishes) whose counts fit the memory budget."""
+    per_slice = 4 * max(1, num_units)
+    return int(2 ** np.clip(np.floor(np.log2(max(budget_bytes // per_slice, 2))), 1, 17))
 
 
 class RefinementPlan:
@@ -172,7 +176,7 @@ class RefinementPlan:
         if self.ranks.ndim != 2 or self.ranks.shape[0] != sketch.num_units:
             raise ValueError(f"ranks must be (units={sketch.num_units}, targets), got {self.ranks.shape}")
         self.values, self.lo, self.hi, self._below_start = _start(sketch, self.ranks)
-        self.num_subbins = num_subbins or choose_subbins(*self.ranks.shape)
+        self.num_subbins = num_subbins or choose_subbins(self.ranks.shape[0])
         self.passes = 0
 
     @property
@@ -181,30 +185,48 @@ class RefinementPlan:
         return int(np.isnan(self.values).sum())
 
     def state(self) -> QuantileRefinement | None:
-        """The next pass's empty state, or None when nothing is left to refine. Resolved targets
-        keep a one-key interval: their slices are counted and ignored."""
+        """The next pass's empty state, or None when nothing is left to refine. A unit's interval
+        covers its first pending target and every other pending one whose interval lies close
+        enough (one histogram then serves both ranks a quantile interpolates between); each pass
+        narrows at least the first pending target, so the refinement always ends. Units with
+        nothing pending get a one-key interval."""
         todo = np.isnan(self.values)
         if not todo.any():
             return None
-        return QuantileRefinement.create(np.where(todo, self.lo, 0), np.where(todo, self.hi, 0), self.num_subbins)
+        units = self.ranks.shape[0]
+        lo, hi = np.zeros(units, np.int64), np.zeros(units, np.int64)
+        for u in np.flatnonzero(todo.any(axis=1)):
+            pending = np.flatnonzero(todo[u])
+            first = pending[0]
+            lo[u], hi[u] = self.lo[u, first], self.hi[u, first]
+            for t in pending[1:]:
+                a, b = min(lo[u], self.lo[u, t]), max(hi[u], self.hi[u, t])
+                if b - a + 1 <= 2 * max(hi[u] - lo[u] + 1, self.hi[u, t] - self.lo[u, t] + 1):
+                    lo[u], hi[u] = a, b
+        return QuantileRefinement.create(lo, hi, self.num_subbins)
 
     def advance(self, state: QuantileRefinement) -> None:
-        """Narrow every pending interval to the slice that holds its rank."""
+        """Narrow every pending interval to the slice of the pass's histogram that holds its rank."""
         below = np.asarray(state.below, np.int64)
         counts = np.asarray(state.counts, np.int64)
         shift = np.asarray(state.shift, np.int64)
-        cum = below[..., None] + np.cumsum(counts, axis=-1)
+        hull_lo, hull_hi = np.asarray(state.lo, np.int64), np.asarray(state.hi, np.int64)
+        cum = below[:, None] + np.cumsum(counts, axis=-1)
         for u, t in zip(*np.nonzero(np.isnan(self.values))):
+            if self.lo[u, t] < hull_lo[u] or self.hi[u, t] > hull_hi[u]:
+                continue  # not in this pass's interval: its turn comes next
             r = self.ranks[u, t]
-            if below[u, t] > r or cum[u, t, -1] <= r or (self.passes == 0 and below[u, t] != self._below_start[u, t]):
+            first = self.passes == 0 and self.lo[u, t] == hull_lo[u] and below[u] != self._below_start[u, t]
+            if below[u] > r or cum[u, -1] <= r or first:
                 raise ReplayMismatchError(
                     f"unit {u}: the replayed data do not match the sketch (rank {r} expected in keys "
                     f"[{self.lo[u, t]}, {self.hi[u, t]}] after {self._below_start[u, t]} smaller values; the replay "
-                    f"counted {below[u, t]} below and {cum[u, t, -1] - below[u, t]} inside): the cached or replayed "
+                    f"counted {below[u]} below and {cum[u, -1] - below[u]} inside): the cached or replayed "
                     "data are not the data the sketch saw (stale cache, or a nondeterministic network)")
-            s = int(np.searchsorted(cum[u, t], r, side="right"))
-            new_lo = self.lo[u, t] + (s << shift[u, t])
-            self.lo[u, t], self.hi[u, t] = new_lo, min(new_lo + (1 << shift[u, t]) - 1, self.hi[u, t])
+            s = int(np.searchsorted(cum[u], r, side="right"))
+            new_lo = hull_lo[u] + (s << shift[u])
+            new_hi = new_lo + (1 << shift[u]) - 1
+            self.lo[u, t], self.hi[u, t] = max(new_lo, self.lo[u, t]), min(new_hi, self.hi[u, t])
             if self.lo[u, t] == self.hi[u, t]:
                 self.values[u, t] = key_values(np.array([self.lo[u, t]]))[0]
         self.passes += 1
@@ -212,7 +234,7 @@ class RefinementPlan:
 
 def exact_order_statistics(sketch: QuantileSketch, ranks: np.ndarray,
                            replay: Callable[[Callable, QuantileRefinement], QuantileRefinement],
-                           num_subbins: int | None = None, max_passes: int = 8,
+                           num_subbins: int | None = None, max_passes: int | None = None,
                            on_pass: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The exact values at integer `ranks` (units, targets) of the data the sketch summarized.
 
@@ -221,6 +243,8 @@ def exact_order_statistics(sketch: QuantileSketch, ranks: np.ndarray,
     `on_pass(pass_number, unresolved)` is called before each pass (for progress messages)."""
     plan = RefinementPlan(sketch, ranks, num_subbins)
     step = lambda state, x, mask=None: state.update(x, mask)  # noqa: E731
+    if max_passes is None:  # each pass takes log2(num_subbins) bits off a 32-bit key of one target at least
+        max_passes = plan.ranks.shape[1] * -(-33 // int(math.log2(plan.num_subbins))) + 1
     for p in range(max_passes):
         state = plan.state()
         if state is None:
