@@ -112,7 +112,7 @@ the concept's best units of this layer are switched on (set to their 99.5th-perc
 <div class="row">
  <figure><div class="stack"><img id="original" alt="generated image"><canvas id="mask"></canvas></div>
   <figcaption>generated sample <span id="seedshown">0</span>: paint here</figcaption></figure>
- <figure><img id="result" class="view" alt="regenerated image"><figcaption>regenerated (<span id="nstrokes">0</span> strokes)</figcaption></figure>
+ <figure><img id="result" class="view" alt="regenerated image"><figcaption>regenerated, strokes applied: <span id="nstrokes">0</span></figcaption></figure>
  <div id="segpanel">
   <figure><img id="seg-original" class="view" alt="segmentation of the generated image"><figcaption>segmentation of the generated image</figcaption></figure>
   <figure><img id="seg-result" class="view" alt="segmentation of the regenerated image"><figcaption>segmentation of the regenerated image</figcaption></figure>
@@ -157,8 +157,9 @@ function showLegend(legend) {
   for (const row of legend) {
     const tr = document.createElement("tr");
     tr.dataset.label = row.label;
-    const change = 100 * (row.after - row.before);
-    if (Math.abs(change) >= 0.05) tr.classList.add("changed");
+    let change = 100 * (row.after - row.before);
+    if (Math.abs(change) < 0.05) change = 0;  // shown as 0.0, never -0.0
+    else tr.classList.add("changed");
     const sw = document.createElement("span");
     sw.className = "swatch"; sw.style.background = row.color; sw.title = row.color;
     const cells = [sw, row.label, row.category, pct(row.before), pct(row.after), (change >= 0 ? "+" : "") + change.toFixed(1)];
@@ -352,6 +353,23 @@ def parse_json(body: bytes, max_depth: int):
         raise RequestError(400, f"request is not valid JSON: {str(e)[:200]}") from None
 
 
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type (for messages)."""
+    if value is None:
+        return "null"
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+                    (dict, "object")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def json_text(value, limit: int = 60) -> str:
+    """A parsed value as (shortened) JSON text, for messages."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _unknown_keys(obj: dict, known: tuple[str, ...], where: str) -> None:
     unknown = sorted(k for k in obj if k not in known)
     if unknown:
@@ -362,15 +380,18 @@ def _unknown_keys(obj: dict, known: tuple[str, ...], where: str) -> None:
 def parse_render_request(request, painter, zseq: ZSequence, limits: Limits) -> tuple[int, list[Stroke]]:
     """(seed, strokes) of a render request, or a ValueError naming the key and what is wrong."""
     if not isinstance(request, dict):
-        raise ValueError(f"the request must be a JSON object, got {type(request).__name__}")
+        raise ValueError(f"the request must be a JSON object, got {json_type(request)}")
     _unknown_keys(request, REQUEST_KEYS, "the request")
     layer = request.get("layer", painter.layer)
     if layer != painter.layer:
         raise ValueError(f"unknown layer {str(layer)[:60]!r}: this server paints layer {painter.layer!r}")
-    seed = zseq.check(request.get("seed", 0))
+    seed = request.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {json_text(seed)}")
+    seed = zseq.check(seed)
     raw = request.get("strokes", [])
     if not isinstance(raw, list):
-        raise ValueError(f"strokes must be a list, got {type(raw).__name__}")
+        raise ValueError(f"strokes must be a list, got {json_type(raw)}")
     if len(raw) > limits.max_strokes:
         raise ValueError(f"{len(raw)} strokes given; at most {limits.max_strokes} are allowed per request")
     strokes = []
@@ -385,24 +406,24 @@ def parse_render_request(request, painter, zseq: ZSequence, limits: Limits) -> t
 def parse_stroke(s, painter) -> Stroke:
     """One stroke {"mask", "concept" or "units", "on"} -> Stroke, checked."""
     if not isinstance(s, dict):
-        raise ValueError(f"must be an object, got {type(s).__name__}")
+        raise ValueError(f"must be an object, got {json_type(s)}")
     _unknown_keys(s, STROKE_KEYS, "the stroke")
     on = s.get("on", True)
     if not isinstance(on, bool):
-        raise ValueError(f"'on' must be true or false (a JSON boolean), got {json.dumps(on)[:40]}")
+        raise ValueError(f"'on' must be true or false (a JSON boolean), got {json_text(on)}")
     if ("concept" in s) == ("units" in s):
         raise ValueError("give either 'concept' (a name) or 'units' (unit indices), not both or neither")
     concept, units = s.get("concept"), None
     if "concept" in s:
         if not isinstance(concept, str):
-            raise ValueError(f"'concept' must be a string, got {type(concept).__name__}")
+            raise ValueError(f"'concept' must be a string, got {json_type(concept)}")
         try:
             painter.units_for(concept)
         except KeyError as e:
             raise ValueError(e.args[0][:2000]) from None
     else:
         if not isinstance(s["units"], list):
-            raise ValueError(f"'units' must be a list of unit indices, got {type(s['units']).__name__}")
+            raise ValueError(f"'units' must be a list of unit indices, got {json_type(s['units'])}")
         units = tuple(int(u) for u in painter.check_units(s["units"]))
     if "mask" not in s:
         raise ValueError("'mask' is missing")
@@ -507,6 +528,8 @@ def make_handler(app: PaintApp):
 
         def send_error(self, code, message=None, explain=None):  # the base class's errors, as JSON
             self.log_error("code %d, message %s", code, message)
+            if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line
+                self.request_version = "HTTP/1.0"
             self._json(code, {"error": message or explain or self.responses.get(code, ("error",))[0]})
 
         def _discard_input(self, limit: int = 1 << 20, seconds: float = 1.0) -> None:
@@ -634,7 +657,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's flags, each with help and its default shown in --help."""
     p = _Parser(prog="paint.py", description=__doc__.split("\n\n")[0], formatter_class=_Formatter,
                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="toy_generator", help="a registered generator: toy_generator or proggan_<domain>")
@@ -657,7 +681,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="do not segment the images on the page (saves a segmenter pass per request)")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -683,6 +711,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--model: {e.args[0]}") from None
     if spec.kind != "generator":
         raise UsageError(f"--model {args.model} is a {spec.kind}; painting needs a generator (toy_generator, proggan_<domain>)")
+    if args.layer is not None and spec.layer_names_for is None and args.layer not in spec.layer_names:
+        raise UsageError(f"--layer: unknown layer {args.layer!r} for {args.model}; layers: {', '.join(spec.layer_names)}")
     segs = ("toy",) + tuple(SEGMENTER_NAMES)
     if args.seg is not None and args.seg not in segs:
         raise UsageError(f"--seg: unknown segmenter {args.seg!r} for a generator; known: {', '.join(segs)}")

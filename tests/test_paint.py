@@ -248,6 +248,18 @@ def test_render_api_shows_the_segmentation_of_both_images(server, painter):
     assert changes == sorted(changes, reverse=True) and changes[0] > 0.05  # the edit changed the segmentation
 
 
+def test_without_a_segmenter_the_answer_says_so(painter):
+    srv = RunningServer(painter, None)
+    try:
+        info = json.loads(urllib.request.urlopen(srv.url + "/api/info", timeout=30).read())
+        assert info["segmenter"] is None and info["segmentation_channels"] is None
+        status, data = post(srv.url, {"seed": 0})
+        assert status == 200 and data["segmentation"] is None and data["strokes"] == 0
+        np.testing.assert_array_equal(decode_png(data["image"]), painter.render(z_for_seed(0, 64))[0])
+    finally:
+        srv.close()
+
+
 @pytest.mark.parametrize("body,message", [
     ({"seed": -1}, "seed must lie in 0 <= seed < 100000"),
     ({"seed": 0, "strokes": [{"mask": "x", "concept": "sky"}]}, "stroke 0: mask must be a PNG data URL"),
