@@ -41,6 +41,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+from PIL import Image
 
 from jaxdissect.paint import (SEED_LIMIT, Stroke, ZSequence, label_colors, label_legend, segmentation_view)
 
@@ -274,8 +275,6 @@ main().catch((e) => setStatus("error: " + e.message));
 # ---- pure pieces: images, JSON, requests -----------------------------------------------------------
 def png_data_url(image: np.ndarray) -> str:
     """A uint8 (H, W, 3) image as a PNG data URL."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
     return PNG_PREFIX + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -292,8 +291,6 @@ def decode_mask(data_url, image_hw: tuple[int, int]) -> np.ndarray:
     """A PNG data URL -> (H, W) 0/1 mask: painted where alpha (or, without alpha, brightness) > 50%.
     The size is read from the PNG header and checked before anything is decoded, so a
     decompression bomb is refused unread."""
-    from PIL import Image
-
     if not isinstance(data_url, str) or not data_url.startswith(PNG_PREFIX):
         raise ValueError("mask must be a PNG data URL (data:image/png;base64,...)")
     try:
@@ -453,9 +450,12 @@ class PaintApp:
                 "max_body": self.limits.max_body, "segmenter": self.segmenter_name if self.segmenter is not None else None,
                 "segmentation_channels": channels}
 
-    def render(self, request) -> dict:
-        """The answer to POST /api/render (ValueError for a bad request)."""
-        seed, strokes = parse_render_request(request, self.painter, self.zseq, self.limits)
+    def parse(self, request) -> tuple[int, list[Stroke]]:
+        """(seed, strokes) of a POST /api/render request (ValueError naming what is wrong)."""
+        return parse_render_request(request, self.painter, self.zseq, self.limits)
+
+    def render(self, seed: int, strokes: list[Stroke]) -> dict:
+        """The answer to a parsed request: images, and the segmentation view when there is a segmenter."""
         z = self.zseq(seed)
         with self.lock:
             original = self.painter.render(z)[0]
@@ -614,9 +614,10 @@ def make_handler(app: PaintApp):
                     raise RequestError(404, f"no such endpoint: {path[:200]}")
                 request = parse_json(self._read_body(), limits.max_depth)
                 try:
-                    answer = app.render(request)
+                    seed, strokes = app.parse(request)
                 except ValueError as e:
                     raise RequestError(400, str(e)) from None
+                answer = app.render(seed, strokes)
             except RequestError as e:
                 self._json(e.status, {"error": e.message})
                 if not self._body_read:
