@@ -447,7 +447,8 @@ class PaintApp:
         return {"model": p.model.name, "layer": p.layer, "image_size": list(p.image_hw),
                 "layer_size": list(p.layer_hw), "num_units": p.num_units, "concepts": p.concepts(),
                 "seed_limit": self.limits.seed_limit, "max_strokes": self.limits.max_strokes,
-                "max_body": self.limits.max_body, "segmenter": self.segmenter_name if self.segmenter is not None else None,
+                "max_body": self.limits.max_body,
+                "segmenter": self.segmenter_name if self.segmenter is not None else None,
                 "segmentation_channels": channels}
 
     def parse(self, request) -> tuple[int, list[Stroke]]:

@@ -18,7 +18,8 @@ from jaxdissect.capture import capture
 from jaxdissect.data.zdataset import standard_z_sample
 from jaxdissect.paint import (SEED_LIMIT, Stroke, ZSequence, compose, label_colors, label_legend, primary_labels,
                               rect_mask, segmentation_view, z_for_seed)
-from paint_helpers import RuleSegmenter, RunningServer, decode_png, expected_view, png_url, small_generator, small_painter
+from paint_helpers import (RuleSegmenter, RunningServer, decode_png, expected_view, png_url, small_generator,
+                           small_painter)
 
 
 @pytest.fixture(scope="module")
