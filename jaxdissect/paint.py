@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import os
 import threading
 from typing import Sequence
 
@@ -28,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect import stats
 from jaxdissect.capture import capture, layer_shapes
+from jaxdissect.dissect.pipeline import layer_stats
 from jaxdissect.edit import Replace
 
 
@@ -94,7 +93,7 @@ class Painter:
     @classmethod
     def from_dissection(cls, model, result, quantile: float = 0.995, **kw) -> "Painter":
         """From a dissect() LayerResult: its IoU and the quantile sketch in its stats folder."""
-        sketch = stats.load(os.path.join(result.directory, "stats", "quantiles"))
+        sketch = layer_stats(result.directory)["quantiles"]
         high = np.asarray(sketch.quantiles([quantile]))[:, 0]
         return cls(model, result.layer, result.iou, high, result.label_names, result.label_categories, **kw)
 

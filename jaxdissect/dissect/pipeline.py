@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect import checkpoints, parallel
+from jaxdissect import checkpoints, parallel, stats
 from jaxdissect import fingerprint as fp
 from jaxdissect.atomic import atomic_write_text
 from jaxdissect.cli import UserError
@@ -93,6 +93,25 @@ def _load_stage(run: DissectRun, stage: str, template: Mapping[str, Any], expect
 
 def _save_stage(run: DissectRun, stage: str, layer: str, states: Mapping[str, Any], fingerprint: dict, **meta) -> None:
     checkpoints.save_states(_stats_dir(run, layer, stage), states, {"fingerprint": fp.canonical(fingerprint), **meta})
+
+
+def layer_stats(directory: str) -> dict:
+    """The statistics a finished dissection stored for one layer: 'quantiles' (QuantileSketch of
+    the upsampled activations), 'topk', 'top_maps', 'nonfinite', 'iou' (IoUTally) and
+    'thresholds' (the exact thresholds, numpy), read from `directory` (its results folder)."""
+    out = {}
+    for stage in (STAGE_ACTIVATIONS, STAGE_IOU):
+        folder = os.path.join(directory, "stats", stage)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{directory} holds no finished {stage} statistics (is it a dissection's results "
+                                    "folder, finished?)")
+        for key in sorted(os.listdir(folder)):
+            if key != checkpoints.META_FILE and not key.startswith("."):
+                out[key] = stats.load(os.path.join(folder, key))
+    saved = _read_json(os.path.join(directory, "stats", THRESHOLDS_FILE))
+    if saved is not None:
+        out["thresholds"] = np.asarray(saved["thresholds"], np.float32)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,4 +622,4 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
 
 
 __all__ = ["DissectConfig", "LayerResult", "dissect", "result_dir", "stage_activations", "stage_thresholds",
-           "stage_iou", "FinishedWithOtherSettingsError"]
+           "stage_iou", "layer_stats", "FinishedWithOtherSettingsError"]

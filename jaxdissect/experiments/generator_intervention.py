@@ -410,7 +410,7 @@ def _defaults(config: InterventionConfig, model_name: str):
 def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
-    from jaxdissect.dissect import DissectConfig, dissect
+    from jaxdissect.dissect import DissectConfig, dissect, layer_stats
     from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.models import load
 
@@ -424,7 +424,7 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
                          outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
                          devices=config.devices, progress=config.progress, weights=config.weights)
     [result] = dissect(dcfg, model=model, segmenter=segmenter)
-    sketch = stats.load(os.path.join(result.directory, "stats", "activations", "quantiles"))
+    sketch = layer_stats(result.directory)["quantiles"]
     return model, segmenter, result, sketch
 
 
