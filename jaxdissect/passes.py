@@ -2,17 +2,19 @@
 processes, progress. Every pass of the dissection and of the experiments runs through it.
 
     run = ResumablePass(PassSpec("pass1", folder, fingerprint, "pass 1/3"), empty_states, mesh,
-                        batch_rows=[len(r) for r in ranges])
-    for b, batch in run.batches(load_from(run.start)):     # b: global batch number
+                        num_samples, batch_size)
+    for r, batch in run.batches(load(run.ranges)):          # r: the batch's sample indices
         run.state = step(run.state, ...)                    # per-device states (leading device axis)
         run.add_errors(batch.errors)
-    merged, errors = run.finish()                           # merged on the host; checkpoint removed
+    merged, errors = run.finish()                           # merged on the host
+    run.clear()                                             # once the result is saved
 
 States are kept per device (one per device, never communicated during the pass) and merged with
 their own collectives at checkpoints and at the end, so results do not depend on the device
-count. A checkpoint holds the merged states, the number of batches done and the pass's
-fingerprint; it is resumed only by a pass with the same fingerprint (a pass with other settings
-discards it, saying what differs), on any number of devices or processes.
+count. A checkpoint holds the merged states, the number of samples done (a prefix of the
+dataset) and the pass's fingerprint; it is resumed only by a pass with the same fingerprint (a
+pass with other settings discards it, saying what differs), on any number of devices or
+processes and with any batch size: the remaining samples are batched from where it stopped.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -61,64 +63,63 @@ class PassSpec:
 class ResumablePass:
     """A pass in progress; see the module docstring."""
 
-    def __init__(self, spec: PassSpec, empty: Mapping[str, Any], mesh: jax.sharding.Mesh,
-                 batch_rows: Sequence[int], *, policy: CheckpointPolicy = CheckpointPolicy(), progress: bool = True,
+    def __init__(self, spec: PassSpec, empty: Mapping[str, Any], mesh: jax.sharding.Mesh, num_samples: int,
+                 batch_size: int, *, policy: CheckpointPolicy = CheckpointPolicy(), progress: bool = True,
                  before_checkpoint: Callable[[], None] | None = None,
                  check: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
         self.spec, self.mesh, self.policy = spec, mesh, policy
-        self.batch_rows = list(batch_rows)
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.before_checkpoint, self.check = before_checkpoint, check
-        self._empty = dict(empty)
-        self.start, self.errors, states = 0, {}, dict(empty)
+        self.samples_done, self.errors, states = 0, {}, dict(empty)
         loaded = checkpoints.load_states(spec.checkpoint_dir, empty)
         if loaded is not None:
             saved, meta = loaded
-            if meta.get("fingerprint") == fp.canonical(spec.fingerprint):
-                states, self.start = saved, int(meta["batches_done"])
+            if meta.get("fingerprint") == fp.canonical(spec.fingerprint) and meta.get("samples_done", -1) <= num_samples:
+                states, self.samples_done = saved, int(meta["samples_done"])
                 self.errors = {int(k): v for k, v in meta.get("errors", {}).items()}
             elif parallel.is_primary():
                 diff = "; ".join(fp.differences(meta.get("fingerprint"), spec.fingerprint)[:6])
                 log(f"{spec.description or spec.name}: not resuming the checkpoint in {spec.checkpoint_dir}, made with "
                     f"other settings ({diff}); starting this pass again")
         self.state = {k: parallel.place_first(states[k], empty[k], mesh) for k in empty}
-        self._bar = tqdm(total=sum(self.batch_rows), desc=spec.description or spec.name, unit="img",
+        self.ranges = [np.arange(s, min(s + self.batch_size, self.num_samples))
+                       for s in range(self.samples_done, self.num_samples, self.batch_size)]
+        self._bar = tqdm(total=self.num_samples, desc=spec.description or spec.name, unit="img",
                          disable=not (progress and parallel.is_primary()), dynamic_ncols=True)
-        self._bar.update(sum(self.batch_rows[:self.start]))
+        self._bar.update(self.samples_done)
         self._last_save = time.monotonic()
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.batch_rows)
 
     def add_errors(self, errors: Mapping[int, str]) -> None:
         """Record unreadable samples (global index -> message) seen in a batch."""
         self.errors.update({int(k): v for k, v in errors.items()})
 
-    def batches(self, items: Iterable[Any]) -> Iterator[tuple[int, Any]]:
-        """Number the items (the batches from `self.start` on) and checkpoint between them."""
-        for b, item in enumerate(items, self.start):
-            yield b, item
-            self._bar.update(int(self.batch_rows[b]))
-            if b + 1 < self.num_batches and self.policy.due(b + 1, self._last_save):
-                self.checkpoint(b + 1)
+    def batches(self, items: Iterable[Any]) -> Iterator[tuple[np.ndarray, Any]]:
+        """Pair the items (one per batch of `self.ranges`) with their sample indices, and
+        checkpoint between them when due."""
+        for b, (r, item) in enumerate(zip(self.ranges, items)):
+            yield r, item
+            self._bar.update(len(r))
+            done = int(r[-1]) + 1
+            if b + 1 < len(self.ranges) and self.policy.due(b + 1, self._last_save):
+                self.checkpoint(done)
 
     def merged(self) -> dict:
         """The states merged over every device, on the host (a collective: every process calls it)."""
         return parallel.to_host(parallel.merge_over_mesh(self.state, self.mesh))
 
-    def checkpoint(self, batches_done: int) -> None:
+    def checkpoint(self, samples_done: int) -> None:
         """Merge, check, and have process 0 save the states with their progress and fingerprint."""
         if self.before_checkpoint is not None:
             self.before_checkpoint()
         merged = self.merged()
         if self.check is not None:
             self.check(merged)
-        errors = gather_errors(self.errors, f"{self.spec.name}-{batches_done}")
+        errors = gather_errors(self.errors, f"{self.spec.name}-{samples_done}")
         if parallel.is_primary():
             checkpoints.save_states(self.spec.checkpoint_dir, merged,
-                                    {"batches_done": batches_done, "fingerprint": fp.canonical(self.spec.fingerprint),
+                                    {"samples_done": samples_done, "fingerprint": fp.canonical(self.spec.fingerprint),
                                      "errors": errors})
-        parallel.barrier(f"checkpoint-{self.spec.name}-{batches_done}")
+        parallel.barrier(f"checkpoint-{self.spec.name}-{samples_done}")
         self._last_save = time.monotonic()
 
     def finish(self) -> tuple[dict, dict[int, str]]:

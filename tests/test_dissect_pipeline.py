@@ -90,9 +90,19 @@ def test_killed_run_resumes_to_identical_results(planted_run, tmp_path):
         dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
     d = os.path.join(tmp_path, PLANTED_DIR)
     meta = json.load(open(os.path.join(d, "checkpoints", "activations", "meta.json")))
-    assert meta["batches_done"] == 2  # checkpointed before the kill
+    assert meta["samples_done"] == 16  # checkpointed before the kill (2 batches of 8)
     assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
     [resumed] = dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
+    assert_same(resumed, reference)
+
+
+def test_a_killed_run_resumes_with_another_batch_size_and_device_count(planted_run, tmp_path):
+    """The checkpoint counts samples done (a prefix), so the rest can be batched differently."""
+    _, reference = planted_run
+    src = Crashing(fail_at=30, size=40)
+    with pytest.raises(KeyboardInterrupt):
+        dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
+    [resumed] = dissect(config(tmp_path, devices=3, batch_size=7), model=planted_model(), source=src)
     assert_same(resumed, reference)
 
 

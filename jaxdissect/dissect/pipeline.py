@@ -150,12 +150,11 @@ class _Replayed:
     host_valid: np.ndarray  # this process's rows that are real samples (not padding)
 
 
-def _replay(run: DissectRun, start: int, ok_all: np.ndarray, use_cache: bool, forward: Callable,
+def _replay(run: DissectRun, ranges, ok_all: np.ndarray, use_cache: bool, forward: Callable,
             extra: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[_Replayed, Any]]:
-    """The batches from `start` again: activations read from the caches (or computed by the
-    same compiled forward), with `extra(local sample indices)` (e.g. segmentation rows) alongside."""
+    """The batches `ranges` again: activations read from the caches (or computed by the same
+    compiled forward), with `extra(local sample indices)` (e.g. segmentation rows) alongside."""
     rows, positions = _local_positions(run)
-    ranges = run.ranges()[start:]
     caches = {l: run.activation_cache(l) for l in run.layers} if use_cache else None
 
     def local(r: np.ndarray):
@@ -245,10 +244,9 @@ def stage_activations(run: DissectRun, log: Callable[[str], None]) -> tuple[dict
             f.result()
         pending.clear()
 
-    ranges = run.ranges()
     p = ResumablePass(PassSpec("activations", run.primary_dir, fingerprint, f"pass 1: activations of {len(run.layers)} "
                                f"layer(s){' and segmentations' if seg_missing.any() else ''}"),
-                      template, run.mesh, [len(r) for r in ranges], policy=_policy(c), progress=c.progress,
+                      template, run.mesh, run.num_samples, run.batch_size, policy=_policy(c), progress=c.progress,
                       before_checkpoint=flush, check=_nan_check(run), log=log)
     rows, positions = _local_positions(run)
     forward = run.forward_fn()
@@ -260,9 +258,8 @@ def stage_activations(run: DissectRun, log: Callable[[str], None]) -> tuple[dict
                 for l, g in run.geometry.items()}
 
     step = steps.sharded_pass(per_device, run.mesh, 4)
-    for b, batch in p.batches(sources.prefetch(run.source, ranges[p.start:], positions)):
+    for r, batch in p.batches(sources.prefetch(run.source, p.ranges, positions)):
         p.add_errors(batch.errors)
-        r = ranges[b]
         valid = positions < len(r)
         inputs, ok, idx = (_assemble(run, rows, a) for a in (batch.inputs, batch.ok, batch.indices))
         out, acts, pre = forward(variables, inputs)
@@ -371,15 +368,14 @@ def stage_thresholds(run: DissectRun, act: Mapping[str, steps.ActivationStats], 
                                                              "intervals": _plans_digest(plans)},
                         f"pass {number + 1}: exact thresholds ({sum(p.pending for p in plans.values())} values to "
                         f"refine{'' if use_cache else ', running the network again'})")
-        ranges = run.ranges()
-        p = ResumablePass(spec, empty, run.mesh, [len(r) for r in ranges], policy=_policy(run.config),
+        p = ResumablePass(spec, empty, run.mesh, run.num_samples, run.batch_size, policy=_policy(run.config),
                           progress=run.config.progress, log=log)
 
         def per_device(state, _, acts, ok):
             return {l: steps.update_refinement(state[l], acts[l], run.geometry[l].upsample, ok) for l in state}
 
         step = steps.sharded_pass(per_device, run.mesh, 2)
-        for _, (item, _) in p.batches(_replay(run, p.start, ok_all, use_cache, forward)):
+        for _, (item, _) in p.batches(_replay(run, p.ranges, ok_all, use_cache, forward)):
             p.state = step(p.state, None, {l: item.acts[l] for l in empty}, item.ok)
         merged, _ = p.finish()
         for l, state in merged.items():
@@ -487,8 +483,7 @@ def stage_iou(run: DissectRun, thresholds: Mapping[str, np.ndarray], ok_all: np.
     use_cache = _use_cache(run)
     spec = PassSpec("iou", run.primary_dir, {l: fp.digest(run.iou_fingerprint(l)) for l in run.layers},
                     f"last pass: IoU with the {run.seg_name} segmentation")
-    ranges = run.ranges()
-    p = ResumablePass(spec, empty, run.mesh, [len(r) for r in ranges], policy=_policy(run.config),
+    p = ResumablePass(spec, empty, run.mesh, run.num_samples, run.batch_size, policy=_policy(run.config),
                       progress=run.config.progress, log=log, check=_iou_nan_check(run))
     thr = parallel.replicate(run.mesh, {l: jnp.asarray(t) for l, t in thresholds.items()})
 
@@ -501,7 +496,7 @@ def stage_iou(run: DissectRun, thresholds: Mapping[str, np.ndarray], ok_all: np.
 
     step = steps.sharded_pass(per_device, run.mesh, 3)
     forward = run.forward_fn()
-    for _, (item, seg) in p.batches(_replay(run, p.start, ok_all, use_cache, forward, extra=seg_cache.read)):
+    for _, (item, seg) in p.batches(_replay(run, p.ranges, ok_all, use_cache, forward, extra=seg_cache.read)):
         p.state = step(p.state, thr, item.acts, seg, item.ok)
     merged, _ = p.finish()
     if parallel.is_primary():
