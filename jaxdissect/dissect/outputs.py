@@ -76,6 +76,32 @@ def unit_records(result, top_labels: int = 3) -> list[dict]:
     return units
 
 
+SEGMENTER_DESCRIPTIONS = {
+    "scenes": "the exact segmentation of the scenes world (objects, parts, materials, colours)",
+    "toy": "the toy segmenter trained on the scenes world",
+    "net": "the unified perceptual parsing segmenter (objects, materials)",
+    "netp": "the unified perceptual parsing segmenter with all object parts",
+    "netq": "the unified perceptual parsing segmenter with object quadrants",
+    "netpq": "the unified perceptual parsing segmenter with parts and quadrants",
+    "netpqc": "the unified perceptual parsing segmenter with parts and quadrants, and the colour segmenter",
+}
+
+
+def report_header(run, layer: str, skipped: dict) -> dict:
+    """report.json's header: the original's name/image plus what the page's legend states."""
+    cfg = run.config
+    dataset = os.path.basename(os.path.normpath(run.dataset))
+    units = run.geometry[layer].units
+    return {"name": f"{run.model.name} \u00b7 {layer}",
+            "subtitle": f"{units} units dissected on {run.num_samples:,} "
+                        f"{'generated images' if run.model.kind == 'generator' else 'images of ' + dataset}, "
+                        f"labelled with {SEGMENTER_DESCRIPTIONS.get(run.seg_name, run.seg_name)}",
+            "image": "concepts.svg", "model": run.model.name, "layer": layer, "dataset": run.dataset,
+            "seg": run.seg_name, "seg_description": SEGMENTER_DESCRIPTIONS.get(run.seg_name, f"the {run.seg_name} segmenter"),
+            "quantile": cfg.quantile, "miniou": cfg.miniou, "samples": run.num_samples, "topk": cfg.topk,
+            "top_images": cfg.strip_images, "skipped_images": skipped}
+
+
 def write_layer_outputs(run, result, act_stats, skipped: dict, log: Callable[[str], None] = print) -> None:
     """Write thumbnails, report.json, concepts.svg and report.html into the layer's folder."""
     cfg, d = run.config, result.directory
@@ -83,10 +109,8 @@ def write_layer_outputs(run, result, act_stats, skipped: dict, log: Callable[[st
     save_unit_images(d, unit_strips(run, result, act_stats))
     svg = concept_bargraph_svg(result.unit_labels(), min_iou=cfg.miniou)
     atomic_write_text(os.path.join(d, "concepts.svg"), svg)
-    name = f"{run.model.name} {os.path.basename(os.path.normpath(run.dataset))} {run.seg_name}"
-    header = {"name": name, "image": "concepts.svg", "model": run.model.name, "layer": result.layer,
-              "dataset": run.dataset, "seg": run.seg_name, "quantile": cfg.quantile, "miniou": cfg.miniou,
-              "samples": run.num_samples, "skipped_images": skipped}
+    header = report_header(run, result.layer, skipped)
     units = unit_records(result)
     write_report_json(os.path.join(d, "report.json"), header, units)
-    write_report_html(os.path.join(d, "report.html"), make_report(header, units), title=f"{name} {result.layer}")
+    write_report_html(os.path.join(d, "report.html"), make_report(header, units),
+                      title=f"{run.model.name} {result.layer}")

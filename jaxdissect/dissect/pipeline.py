@@ -587,6 +587,7 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
         results = []
         for l in run.layers:
             best, best_iou = (np.asarray(a) for a in ious[l].best_label())
+            best = np.where(best_iou > 0, best, 0)  # no overlap with any concept: label 0, '-
             _, top_idx = act[l].topk.result()
             results.append(LayerResult(l, run.dirs[l], thresholds[l], np.asarray(ious[l].iou()), best, best_iou,
                                        np.asarray(top_idx), run.labels.names, run.labels.categories, timings))
