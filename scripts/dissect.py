@@ -20,7 +20,10 @@ from jaxdissect import parallel
 from jaxdissect.cli import add_config_flags, config_from_args, make_parser, run_main
 from jaxdissect.compilation_cache import enable_compilation_cache
 from jaxdissect.dissect import DissectConfig, dissect
+from jaxdissect.dissect.requirements import MissingFilesError, missing_files_message, needed_files
+from jaxdissect.dissect.run import default_dataset
 from jaxdissect.dissect.runstate import RunLockedError
+from weight_conversion.errors import DownloadError
 
 
 def parse_args(argv=None):
@@ -46,6 +49,11 @@ def main(argv=None) -> int:
         except RunLockedError as e:
             print(f"dissect.py: {e}", file=sys.stderr)
             return 3
+        except DownloadError as e:
+            needed = needed_files(config, config.dataset or default_dataset(config.model_name))
+            if not needed:
+                raise
+            raise MissingFilesError(missing_files_message(needed, str(e).split(". ")[0])) from e
         return 0
 
     return run_main("dissect.py", body, args.debug, expected=(FloatingPointError,))

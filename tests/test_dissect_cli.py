@@ -96,3 +96,27 @@ def test_debug_shows_the_traceback(tmp_path):
                             "--outdir", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_offline_a_missing_download_lists_every_file_the_command_needs(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("JAXDISSECT_HOME", str(tmp_path / "home"))
+    code, err = run_main(["--model", "vgg16_places", "--outdir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "Traceback" not in err
+    home = tmp_path / "home"
+    for path in (home / "downloads" / "vgg16_places365-0bafbc55.pth", home / "downloads" / "places_val.zip",
+                 home / "segmodel" / "upp-resnet50-upernet" / "encoder_epoch_40.pth",
+                 home / "segmodel" / "upp-resnet50-upernet" / "labels.json",
+                 home / "segmodel" / "color-resnet18dilated-ppm_deepsup" / "decoder_epoch_20.pth"):
+        assert str(path) in err, path
+    assert "--weights" in err and "--dataset FOLDER" in err and "needs 8 file(s)" in err
+    # The dataset alone: the message names the zip and the folder alternative, not the weights flags.
+    code, err = run_main(["--dataset", "places", "--seg", "toy", "--outdir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "places_val.zip" in err and "--dataset FOLDER" in err and "--weights" not in err
+    assert not (tmp_path / "r").exists()

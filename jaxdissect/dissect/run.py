@@ -316,10 +316,16 @@ def resolve_dataset(config: DissectConfig, model: LoadedModel, source: Any = Non
     if source is not None:
         return getattr(source, "name", None) or ("scenes" if isinstance(source, sources.ScenesSource)
                                                  else type(source).__name__.lower())
-    if model.name.startswith("toy_"):
+    return default_dataset(model.name)
+
+
+def default_dataset(model_name: str) -> str:
+    """A model's own dataset: scenes for the embedded toys, the domain of a Progressive GAN,
+    Places365 val otherwise."""
+    if model_name.startswith("toy_"):
         return "scenes"
-    if model.name.startswith("proggan_"):
-        return model.name[len("proggan_"):]
+    if model_name.startswith("proggan_"):
+        return model_name[len("proggan_"):]
     return "places"
 
 
