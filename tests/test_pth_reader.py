@@ -564,3 +564,31 @@ def test_pickle_size_limit(tmp_path, fmt):
     path = _save(_state_dict(), tmp_path / "sd.pth", fmt)
     raises_bounded(path, r"sd\.pth: .*max_pickle_bytes=200", limits=PthLimits(max_pickle_bytes=200))
     assert read_pth(path, limits=PthLimits(max_pickle_bytes=1 << 20)).keys() == _state_dict().keys()
+
+
+def test_record_excess_is_configurable(tmp_path):
+    """torch itself reads only the declared bytes of a longer record; here that needs max_record_excess."""
+    path = write_zip(tmp_path / "long.pth", W_PKL, {"0": W.tobytes() + b"\x00" * 4})
+    raises_bounded(path, r"'archive/data/0' holds 28 bytes, but its storage declares 6 x float32 = 24 bytes "
+                         r"\(PthLimits.max_record_excess=0\)")
+    np.testing.assert_array_equal(read_pth(path, limits=PthLimits(max_record_excess=4))["w"], W.reshape(2, 3))
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="max_depth must be a non-negative number"):
+        PthLimits(max_depth=-1)
+
+
+def test_opcode_across_a_frame_end_refused(tmp_path):
+    """Protocol 4 frames: the C unpickler takes the argument of an opcode that crosses the frame's end from
+    after the frame, so it reads another pickle than a linear scan does (the fuzz test found a 2 KB file whose
+    crossing PUT made the unpickler allocate 12 GB for its memo). The scan must refuse the crossing itself.
+    Here a LONG_BINGET crosses: the scan would read GET 0, the unpickler GET 0x2e000000 (a clean error)."""
+    frame = b"N" + b"\x94" + b"j\x00"  # NONE, MEMOIZE, then LONG_BINGET whose index starts with the frame's last byte
+    data = b"\x80\x04\x95" + struct.pack("<Q", len(frame)) + frame + b"\x00\x00\x00" + b"."
+    path = write_zip(tmp_path / "frame.pth", data, {})
+    raises_bounded(path, r"frame\.pth: archive/data\.pkl: an opcode crosses the end of the frame at byte 15")
+    # Frames as pickle protocol 4 writes them read fine.
+    sd = _state_dict()
+    torch.save(sd, tmp_path / "p4.pth", pickle_protocol=4)
+    _assert_same(read_pth(tmp_path / "p4.pth"), sd)

@@ -99,6 +99,12 @@ class PthLimits:
     max_expansion: float = 4.0
     expansion_allowance: int = 64 * _MIB
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"PthLimits.{field.name} must be a non-negative number, not {value!r}")
+
 
 DEFAULT_LIMITS = PthLimits()
 
@@ -415,10 +421,20 @@ class _PickleScan:
 def _scan_pickle(stream: BinaryIO, error: Callable[[str], PthReadError], check_global: Callable[[str, str], None]) -> int:
     """Scan one pickle from `stream` up to its STOP; the number of opcodes. Raises PthReadError."""
     handlers = _PickleScan(check_global).handlers
-    count, pos = 0, 0
+    count, pos, frame_end = 0, 0, None
     try:
         for op, arg, pos in pickletools.genops(stream):
             count += 1
+            # An opcode across the end of a protocol-4 frame is read differently by the C unpickler
+            # (it takes the argument from after the frame): refuse it, so that both read the same.
+            if frame_end is not None and pos >= frame_end:
+                if pos > frame_end:
+                    raise _ScanError(f"an opcode crosses the end of the frame at byte {frame_end}")
+                frame_end = None
+            if op.name == "FRAME":
+                if frame_end is not None:
+                    raise _ScanError("a FRAME starts inside another frame")
+                frame_end = pos + 9 + arg
             handlers[op.name](arg)
     except PthReadError:  # a refused global, from check_global
         raise
@@ -460,6 +476,8 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, Valu
 
 def _describe(e: BaseException) -> str:
     """'Type: message' of an exception, without ever formatting untrusted objects it may hold."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"UnicodeDecodeError: bytes {e.start}-{e.end} are not {e.encoding} ({e.reason})"
     msg = e.args[0] if e.args and isinstance(e.args[0], str) else ""
     return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
