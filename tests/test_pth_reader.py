@@ -1,15 +1,24 @@
-"""read_pth against torch.load on files torch.save wrote, in both serialization formats."""
+"""read_pth against torch.load on files torch.save wrote, in both serialization formats, and against
+hostile files (bombs, billion laughs, deep nesting, pickles that try to modify the reader)."""
 import collections
 import os
 import pickle
+import re
+import struct
 import subprocess
 import sys
+import time
+import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 from weight_conversion import PthReadError, read_pth
+from weight_conversion.pth_reader import PthLimits
+
+from test_fuzz_pth import build_zip  # a zip writer that writes the headers it is told (no deflating of 1 GiB)
 
 torch = pytest.importorskip("torch")
 
@@ -216,13 +225,6 @@ def test_big_endian_zip(tmp_path):
 # Hostile files. The pickles are assembled opcode by opcode (the assembler is checked against
 # torch.load first); every attack must end in a PthReadError, quickly and in little memory.
 
-import struct  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-import zlib  # noqa: E402
-
-from weight_conversion.pth_reader import PthLimits  # noqa: E402
-
 PROTO2, STOP, MARK, TUPLE, EMPTY_TUPLE, EMPTY_DICT, EMPTY_LIST = b"\x80\x02", b".", b"(", b"t", b")", b"}", b"]"
 SETITEM, APPEND, APPENDS, REDUCE, BUILD, BINPERSID, NEWFALSE, TUPLE2 = b"s", b"a", b"e", b"R", b"b", b"Q", b"\x89", b"\x86"
 
@@ -343,9 +345,6 @@ def raises_bounded(path, match, **kw):
     return err
 
 
-import re  # noqa: E402
-
-
 def _deflated_zeros(nbytes):
     """A raw deflate stream of nbytes zeros, made in milliseconds: identical fully-flushed 1 MiB blocks."""
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -362,19 +361,9 @@ def _deflated_zeros(nbytes):
 
 def _zip_with_raw_record(path, data_pkl, name, stream, crc, size):
     """A zip whose record `name` is the given deflate stream, declared honestly (size, crc) in its headers."""
-    write_zip(path, data_pkl, {})
-    with zipfile.ZipFile(path, "a") as z:
-        info = zipfile.ZipInfo(name)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        # Write the header and the precomputed stream ourselves: zipfile would deflate 1 GiB.
-        info.file_size, info.compress_size, info.CRC = size, len(stream), crc
-        info.header_offset = z.fp.tell()
-        z.fp.write(info.FileHeader(zip64=False))
-        z.fp.write(stream)
-        z.start_dir = z.fp.tell()
-        z.filelist.append(info)
-        z.NameToInfo[name] = info
-        z._didModify = True
+    stored = {"archive/data.pkl": data_pkl, "archive/byteorder": b"little", "archive/version": b"3\n"}
+    entries = [(n, d, zipfile.ZIP_STORED, len(d), zlib.crc32(d)) for n, d in stored.items()]
+    path.write_bytes(build_zip(entries + [(name, stream, zipfile.ZIP_DEFLATED, size, crc)]))
     return path
 
 

@@ -11,8 +11,9 @@ A checkpoint downloaded from the internet is untrusted input, so reading one is 
   dicts. Each pickle is first scanned with `pickletools` and refused if it uses an opcode that
   builds arbitrary objects (INST, OBJ, NEWOBJ, EXT*, text PERSID, out-of-band buffers), a memo
   index beyond the next free one (a PUT at index 2**32 makes the C unpickler allocate 64 GB),
-  or a dict key / set item that is not a str, bytes, bool, None or an int below 2**61 (keeps
-  hashing linear: no tuple-key or hash-collision floods).
+  an opcode across the end of a protocol-4 frame (the C unpickler would read its argument from
+  elsewhere than the scan did), or a dict key / set item that is not a str, bytes, bool, None
+  or an int below 2**61 (keeps hashing linear: no tuple-key or hash-collision floods).
 * No state is shared between reads. Every object a pickle can reach (the allowed functions,
   the storage classes, tensors, storages) is created for that read and refuses modification
   (a BUILD on it is an error), so a malicious file cannot affect later reads.
@@ -32,7 +33,9 @@ A checkpoint downloaded from the internet is untrusted input, so reading one is 
     allowance.
   Raise a limit for a file you trust: `read_pth(path, limits=PthLimits(max_pickle_bytes=1 << 30))`.
 
-Every problem is a `PthReadError` naming the file and, where known, the tensor or storage record.
+Every problem with the file is a `PthReadError` naming it and, where known, the tensor or
+storage record. (A MemoryError is not: within these limits it means the machine is too small.)
+The scan costs a few microseconds per pickle opcode (0.2 s for a state dict of 930 tensors).
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ _STORAGE_DTYPES: dict[str, np.dtype | None] = {
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 _MAX_INT = 1 << 62  # sizes, strides, offsets and element counts stay below this
-_MAX_DIMS = 32  # numpy's limit on every version we support
+_MAX_DIMS = 32  # numpy 1's limit on dimensions (numpy 2 allows 64; no checkpoint comes near)
 _SAFE_INT_KEY = (1 << 61) - 2  # |int| <= this: distinct ints hash differently (no collision floods)
 _MIB = 1 << 20
 
