@@ -243,10 +243,23 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _image_folder_module():
+    """jaxdissect.data.image_folder, loaded from its file: importing it through the package would import jax
+    (seconds, in every child run), which the image folder does not use."""
+    import importlib.util
+
+    package = importlib.util.find_spec("jaxdissect").submodule_search_locations[0]  # finds, does not import
+    spec = importlib.util.spec_from_file_location("image_folder_under_fuzz",
+                                                  os.path.join(package, "data", "image_folder.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cases(groups: list[str], seed: int, seconds: float, work: str, progress: str) -> dict:
     import numpy as np
 
-    from jaxdissect.data.image_folder import ImageFolder
+    ImageFolder = _image_folder_module().ImageFolder
 
     images = base_images()
     baseline = _rss_mb()
@@ -363,7 +376,7 @@ def main(argv: list[str]) -> None:
         with open(path, "wb") as f:
             f.write(data)
         print(f"case {args.case} of group {args.group}, seed {args.seed}: {len(data)} bytes in {path}")
-        from jaxdissect.data.image_folder import load_image
+        load_image = _image_folder_module().load_image
 
         t0 = time.perf_counter()
         try:
