@@ -33,7 +33,9 @@ FUZZ_SECONDS = 4.0  # the default run
 SLOW_FUZZ_SECONDS = 120.0
 MIN_CASES = 100  # however slow the machine: the same first cases always run
 CASE_SECONDS = 10.0  # a case slower than this is a hang (the slowest seen: under 2 s)
-MEMORY_MB = 400  # peak memory the whole run may add to the child's baseline
+# Peak memory a run may add to its baseline: the limits allow 64 MiB of tensor copies beyond the storages,
+# and inflation to 1 MiB + 100 x these few-KB files.
+MEMORY_MB = 256
 ADDRESS_CAP_MB = 3072  # hard address-space cap above the baseline: a bomb fails with MemoryError instead of swapping
 
 

@@ -128,7 +128,8 @@ class _Frozen:
         raise AttributeError(f"{type(self).__name__} is read-only")
 
     def __setstate__(self, state: Any) -> None:  # the BUILD opcode calls this
-        raise pickle.UnpicklingError(f"the pickle tries to modify {self!r} (BUILD on an allowed global, tensor or storage)")
+        raise pickle.UnpicklingError(
+            f"the pickle tries to modify {self!r} (BUILD on an allowed global, tensor or storage)")
 
 
 class _StorageType(_Frozen):
@@ -421,7 +422,8 @@ class _PickleScan:
         self.stack.append(("object", None))
 
 
-def _scan_pickle(stream: BinaryIO, error: Callable[[str], PthReadError], check_global: Callable[[str, str], None]) -> int:
+def _scan_pickle(stream: BinaryIO, error: Callable[[str], PthReadError],
+                 check_global: Callable[[str, str], None]) -> int:
     """Scan one pickle from `stream` up to its STOP; the number of opcodes. Raises PthReadError."""
     handlers = _PickleScan(check_global).handlers
     count, pos, frame_end = 0, 0, None
@@ -516,7 +518,8 @@ class _Read:
             ("collections", "OrderedDict"): _SafeCallable("collections.OrderedDict", _ordered_dict),
             ("torch._utils", "_rebuild_tensor"): _SafeCallable("torch._utils._rebuild_tensor", _rebuild_tensor),
             ("torch._utils", "_rebuild_tensor_v2"): _SafeCallable("torch._utils._rebuild_tensor_v2", _rebuild_tensor),
-            ("torch._utils", "_rebuild_parameter"): _SafeCallable("torch._utils._rebuild_parameter", _rebuild_parameter),
+            ("torch._utils", "_rebuild_parameter"):
+                _SafeCallable("torch._utils._rebuild_parameter", _rebuild_parameter),
             ("torch._utils", "_rebuild_parameter_with_state"):
                 _SafeCallable("torch._utils._rebuild_parameter_with_state", _rebuild_parameter),
             **{("torch", name): _StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items() if dt is not None},
@@ -710,9 +713,10 @@ def _read_zip(read: _Read) -> Any:
                 raise read.error(f"unknown byteorder record {byteorder[:20]!r}")
         info = infos[pkl[0]]
         inflation_cap = int(limits.max_inflation * read.file_size) + _MIB
-        if info.file_size > min(limits.max_pickle_bytes, inflation_cap):
+        pickle_cap = min(limits.max_pickle_bytes, inflation_cap)
+        if info.file_size > pickle_cap:
             raise read.error(
-                f"record {pkl[0]!r} is {info.file_size} bytes, over the limit of {min(limits.max_pickle_bytes, inflation_cap)} "
+                f"record {pkl[0]!r} is {info.file_size} bytes, over the limit of {pickle_cap} "
                 f"(PthLimits.max_pickle_bytes={limits.max_pickle_bytes}, max_inflation={limits.max_inflation} x the "
                 f"file's {read.file_size} bytes + 1 MiB)")
         data = guarded(f"record {pkl[0]!r}", lambda: record(info, info.file_size))
