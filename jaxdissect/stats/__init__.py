@@ -3,10 +3,12 @@
 Every state has fixed shapes, and `update` / `merge` are pure and jit-able; `all_reduce(axis)`
 merges per-device states inside `jax.shard_map`.
 """
+from jaxdissect.stats.agreement import MaskAgreement
 from jaxdissect.stats.counts import Bincount, IoUTally
 from jaxdissect.stats.io import load, save
 from jaxdissect.stats.moments import CrossCovariance, Moments
 from jaxdissect.stats.quantile import QuantileSketch
 from jaxdissect.stats.topk import TopK
 
-__all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "save", "load"]
+__all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "MaskAgreement", "save",
+           "load"]
