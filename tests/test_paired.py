@@ -135,6 +135,10 @@ def test_paired_source_from_flags(folders):
     a, b = folders
     assert isinstance(paired_source("scenes", None, size=4), PairedScenes)
     assert isinstance(paired_source("scenes", "scenes-stylized", size=4), PairedScenes)
+    colors = paired_source("scenes", "scenes-stylized-colors", size=4)
+    assert colors.sources[1].dataset.stylized == "colors"
+    with pytest.raises(ValueError, match="pairs with a stylized scenes world"):
+        paired_source("scenes", "scenes")
     with pytest.raises(ValueError, match="original world first"):
         paired_source("scenes-stylized", "scenes")
     with pytest.raises(ValueError, match="needs --paired-dataset"):

@@ -101,7 +101,30 @@ def test_stylized_is_deterministic_per_scene():
     a = Scenes("train", 50, seed=3, stylized=True)[17]
     b = Scenes("train", 18, seed=3, stylized=True)[17]
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["segmentation"], b["segmentation"])
-    assert "stylized=True" in repr(Scenes("val", 3, stylized=True))
+    assert "stylized='all'" in repr(Scenes("val", 3, stylized=True))
+    with pytest.raises(ValueError, match="unknown stylization"):
+        Scenes("val", 3, stylized="paint")
+
+
+def test_partial_styles_change_one_cue_with_the_same_mappings(worlds):
+    orig, full, _ = worlds
+    mats = Scenes("val", N, stylized="materials").batch(range(N))
+    cols = Scenes("val", N, stylized="colors").batch(range(N))
+    seg, fs = orig["segmentation"], full["segmentation"]
+    # materials only: the material channel of the full style, the colour channel of the original
+    np.testing.assert_array_equal(mats["segmentation"][:, :2], seg[:, :2])
+    np.testing.assert_array_equal(mats["segmentation"][:, 2], fs[:, 2])
+    np.testing.assert_array_equal(mats["segmentation"][:, 3], seg[:, 3])
+    # colours only: the original's materials, the full style's colours
+    np.testing.assert_array_equal(cols["segmentation"][:, 2], seg[:, 2])
+    np.testing.assert_array_equal(cols["segmentation"][:, 3], fs[:, 3])
+    # textures modulate brightness: a texture swap changes most pixels, a colour swap all of them
+    d_mats = np.abs(mats["image"].astype(int) - orig["image"].astype(int)).max(-1)
+    d_cols = np.abs(cols["image"].astype(int) - orig["image"].astype(int)).max(-1)
+    assert (d_mats > 10).mean() > 0.7 and (d_cols > 30).mean() > 0.95
+    # where a colours-only scene keeps the original texture and colour name is impossible: every
+    # colour changes, so no pixel keeps its colour label
+    assert (cols["segmentation"][:, 3] != seg[:, 3]).all()
 
 
 def test_derangement_has_no_fixed_point_and_needs_two():

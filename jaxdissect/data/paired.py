@@ -180,26 +180,32 @@ class PairedFolders:
                 Batch(idx, images[1], ok.copy(), None, dict(errors), labels.copy()))
 
 
+# dataset name -> style of the stylized scenes world (see scene_styles)
+STYLIZED_SCENES = {"scenes-stylized": "all", "scenes-stylized-materials": "materials",
+                   "scenes-stylized-colors": "colors"}
+
+
 class StylizedScenesSource(ScenesSource):
-    """The stylized twins of the scenes world (`Scenes(stylized=True)`), with their exact labels."""
+    """The stylized twins of the scenes world (`Scenes(stylized=style)`), with their exact labels."""
 
     def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128,
-                 style_seed: int = 0, cache_bytes: int = 512 << 20):
+                 style: str = "all", style_seed: int = 0, cache_bytes: int = 512 << 20):
         super().__init__(size=size, split=split, seed=seed, image_size=image_size, cache_bytes=cache_bytes)
-        self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size, stylized=True,
+        self.dataset = Scenes(split=split, size=size, seed=seed, image_size=image_size, stylized=style,
                               style_seed=style_seed)
 
 
 class PairedScenes:
-    """Each scene with its stylized twin: identical geometry, object and part labels; other surfaces."""
+    """Each scene with its stylized twin: identical geometry, object and part labels; other surfaces
+    (`style`: 'all', or only 'materials' or 'colors')."""
 
     kind = "images"
 
     def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128,
-                 style_seed: int = 0):
+                 style: str = "all", style_seed: int = 0):
         self.sources = (ScenesSource(size=size, split=split, seed=seed, image_size=image_size),
                         StylizedScenesSource(size=size, split=split, seed=seed, image_size=image_size,
-                                             style_seed=style_seed))
+                                             style=style, style_seed=style_seed))
         self.labels = self.sources[0].labels
         self.classes = self.sources[0].classes
 
@@ -212,15 +218,16 @@ class PairedScenes:
 
 def paired_source(dataset: str, paired: str | None = None, *, crop: int = 224, size: int | None = None,
                   pattern: str | None = None, image_size: int = 128):
-    """The paired source a command line names: 'scenes' (with 'scenes-stylized' or no second
-    dataset) pairs each scene with its stylized twin; two folders pair by file name."""
-    if dataset in ("scenes", "scenes-stylized"):
-        if paired not in (None, "scenes", "scenes-stylized") or paired == dataset:
-            raise ValueError(f"--dataset {dataset} pairs with the other scenes world ('scenes' / "
-                             f"'scenes-stylized'), not {paired!r}")
-        if dataset == "scenes-stylized":
-            raise ValueError("give the original world first: --dataset scenes --paired-dataset scenes-stylized")
-        return PairedScenes(size=size or 1000, image_size=image_size)
+    """The paired source a command line names: 'scenes' with 'scenes-stylized' (the default),
+    'scenes-stylized-materials' or 'scenes-stylized-colors' pairs each scene with its stylized
+    twin; two folders pair by file name."""
+    if dataset == "scenes" or dataset in STYLIZED_SCENES:
+        if dataset != "scenes":
+            raise ValueError(f"give the original world first: --dataset scenes --paired-dataset {dataset}")
+        if paired is not None and paired not in STYLIZED_SCENES:
+            raise ValueError(f"--dataset scenes pairs with a stylized scenes world ({', '.join(STYLIZED_SCENES)}), "
+                             f"not {paired!r}")
+        return PairedScenes(size=size or 1000, image_size=image_size, style=STYLIZED_SCENES[paired or "scenes-stylized"])
     if paired is None:
         raise ValueError(f"--dataset {dataset} needs --paired-dataset (the folder of its other versions)")
     return PairedFolders(dataset, paired, crop=crop, pattern=pattern, size=size)

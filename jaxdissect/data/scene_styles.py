@@ -13,6 +13,10 @@ in water ripples):
 What the segmentation of a stylized scene says: the object and part channels are those of the
 original scene, pixel for pixel; the material channel names the material whose texture is drawn
 there (never empty, since sky and clouds get one too) and the colour channel the colour painted.
+
+Partial styles separate the two cues: `STYLES['materials']` changes only the textures (colours,
+tints and colour labels as in the original), `STYLES['colors']` only the colours (textures and
+material labels as in the original). The mappings drawn for a scene are the same in every style.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ MATERIAL_TEXTURES = {
     "rubber": tx.rubber,
 }
 assert set(MATERIAL_TEXTURES) == set(MATERIALS)
+# style name -> (change materials, change colours)
+STYLES = {"all": (True, True), "materials": (True, False), "colors": (False, True)}
 
 
 def derangement(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -48,8 +54,11 @@ class SceneStyle:
     `material_map[m]`, `color_map[c]`: label ids (SCENE_LABELS) of the new material and colour for
     original ids m, c; `bare_material[o]`: the material of object o's surfaces that had none."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, style: str = "all"):
+        if style not in STYLES:
+            raise ValueError(f"unknown scene style {style!r}; expected one of {', '.join(STYLES)}")
         self.rng = rng
+        self.materials, self.colors = STYLES[style]
         mats, cols = np.asarray([MAT[m] for m in MATERIALS]), np.asarray([COL[c] for c in COLORS])
         self.material_map = dict(zip(mats.tolist(), mats[derangement(rng, len(mats))].tolist()))
         self.color_map = dict(zip(cols.tolist(), cols[derangement(rng, len(cols))].tolist()))
@@ -57,9 +66,11 @@ class SceneStyle:
 
     def __call__(self, texture, rgb: np.ndarray, labels: tuple[int, int, int, int]):
         obj, part, mat, col = (int(v) for v in labels)
-        new_mat = self.material_map[mat] if mat else self.bare_material[obj]
-        new_col = self.color_map.get(col, col)
-        base = np.asarray(PALETTE[SCENE_LABELS.names[new_col]], np.float32) if new_col else rgb
-        jitter = self.rng.uniform(-10, 10, 3)
-        new_rgb = np.clip(base + jitter, 0, 255).astype(np.float32)
-        return MATERIAL_TEXTURES[SCENE_LABELS.names[new_mat]], new_rgb, (obj, part, new_mat, new_col)
+        jitter = self.rng.uniform(-10, 10, 3)  # drawn in every style, so every style draws alike
+        if self.materials:
+            mat = self.material_map[mat] if mat else self.bare_material[obj]
+            texture = MATERIAL_TEXTURES[SCENE_LABELS.names[mat]]
+        if self.colors and col in self.color_map:
+            col = self.color_map[col]
+            rgb = np.clip(np.asarray(PALETTE[SCENE_LABELS.names[col]], np.float32) + jitter, 0, 255)
+        return texture, np.asarray(rgb, np.float32), (obj, part, mat, col)
