@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from jaxdissect.experiments.selectivity import class_selectivity, plot_unit_selectivity, unit_plot_data
+from jaxdissect.experiments.selectivity import class_selectivity, unit_plot_data
+from jaxdissect.experiments.selectivity_report import plot_unit_selectivity, selectivity_table, unit_svg
 
 NAMES = ("street", "highway", "park", "village", "forest")
 
@@ -39,7 +40,7 @@ def test_means_ses_and_index_match_direct_computation():
     np.testing.assert_allclose(sel.ses, ses, rtol=1e-10)
     np.testing.assert_allclose(sel.index, si, rtol=1e-12)
     np.testing.assert_array_equal(sel.counts, np.bincount(labels, minlength=5))
-    assert np.isnan(sel.index[2])  # a unit that never fires has no selectivity
+    assert np.isnan(sel.index[2]) and sel.top_class[2] == -1  # a unit that never fires: no selectivity
 
 
 def test_planted_single_class_unit_is_selective_and_plotted_first():
@@ -91,3 +92,21 @@ def test_missing_classes_negative_values_and_bad_input():
         class_selectivity(np.full((3, 2), np.nan), labels)
     with pytest.raises(ValueError, match="out of range"):
         unit_plot_data(sel, peaks, labels, 5)
+
+
+def test_svg_and_table_carry_the_same_data():
+    import xml.etree.ElementTree as ET
+
+    peaks, labels = planted()
+    sel = class_selectivity(peaks, labels, 5, NAMES)
+    data = unit_plot_data(sel, peaks, labels, 0)
+    svg = ET.fromstring(unit_svg(data))
+    ns = "{http://www.w3.org/2000/svg}"
+    heights = [float(r.get("height")) for r in svg.iter(f"{ns}rect")]
+    assert len(heights) == 5 and heights[0] == max(heights)  # the best class first, tallest
+    np.testing.assert_allclose(np.asarray(heights) / heights[0], data.means / data.means[0], rtol=1e-4)
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert "village" in texts and any("selectivity 0.9" in t for t in texts)
+    table = selectivity_table(sel, "toy", "conv", len(labels))
+    assert table["units"][0]["top_class"] == "village" and table["units"][2]["top_class"] is None
+    assert table["units"][0]["selectivity"] == pytest.approx(sel.index[0])

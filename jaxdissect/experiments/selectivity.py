@@ -30,7 +30,7 @@ class ClassSelectivity:
     means: np.ndarray  # (classes, units) mean peak; NaN for a class without images
     ses: np.ndarray  # (classes, units) standard error of the mean (ddof 1); 0 for one image, NaN for none
     index: np.ndarray  # (units,) selectivity index (see module doc)
-    top_class: np.ndarray  # (units,) class with the largest mean (-1 when no class has images)
+    top_class: np.ndarray  # (units,) class with the largest mean (-1: no images, or every class alike)
 
     @property
     def num_units(self) -> int:
@@ -92,7 +92,9 @@ def class_selectivity(peaks: np.ndarray, labels: np.ndarray, num_classes: int | 
     means[counts == 0] = np.nan
     ses[counts == 0] = np.nan
     index = selectivity_index(means)
-    top = np.where(counts.any(), np.argmax(np.where(np.isnan(means), -np.inf, means), 0), -1)
+    filled = np.where(np.isnan(means), -np.inf, means)
+    flat = filled.max(0) == np.where(np.isnan(means), np.inf, means).min(0)  # no class stands out
+    top = np.where(counts.any() & ~flat, np.argmax(filled, 0), -1)
     return ClassSelectivity(names, counts, means, ses, index, top.astype(np.int64))
 
 
@@ -129,28 +131,3 @@ def unit_plot_data(sel: ClassSelectivity, peaks: np.ndarray, labels: np.ndarray,
     return UnitPlotData(unit, tuple(sel.class_names[c] for c in shown), shown, sel.means[shown, unit],
                         sel.ses[shown, unit], sel.counts[shown], xs, peaks[on, unit].astype(np.float64),
                         float(sel.index[unit]), len(order))
-
-
-def plot_unit_selectivity(data: UnitPlotData, layer: str, model: str, what: str = "peak activation"):
-    """A matplotlib Figure: the unit's images as jittered points per class, with the class mean
-    and its standard error, classes sorted by mean (matplotlib: the 'plots' extra)."""
-    from jaxdissect.report.figures import new_figure
-
-    n = len(data.classes)
-    fig = new_figure((max(5.0, 0.32 * n + 2.0), 4.2))
-    ax = fig.subplots()
-    ax.scatter(data.points_x, data.points_y, s=5, color="tab:blue", alpha=0.35, lw=0,
-               label="one image (jittered)")
-    x = np.arange(n)
-    ax.errorbar(x, data.means, yerr=np.nan_to_num(data.ses), fmt="o", color="black", ms=4, capsize=3,
-                label="class mean ± standard error")
-    ax.set_xticks(x, [f"{c} ({k})" for c, k in zip(data.classes, data.counts)], rotation=60, ha="right",
-                  fontsize=8)
-    ax.set_xlim(-0.7, n - 0.3)
-    ax.set_xlabel("class (images), by descending mean" + (
-        f"; best {n} of {data.classes_total} shown" if n < data.classes_total else ""))
-    ax.set_ylabel(f"{what} of unit {data.unit}")
-    si = "undefined" if np.isnan(data.index) else f"{data.index:.2f}"
-    ax.set_title(f"{model} {layer} unit {data.unit}: class selectivity index {si}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
-    return fig
