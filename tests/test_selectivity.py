@@ -110,3 +110,36 @@ def test_svg_and_table_carry_the_same_data():
     table = selectivity_table(sel, "toy", "conv", len(labels))
     assert table["units"][0]["top_class"] == "village" and table["units"][2]["top_class"] is None
     assert table["units"][0]["selectivity"] == pytest.approx(sel.index[0])
+
+
+def test_driver_on_a_planted_model_finds_the_one_class_unit(tmp_path):
+    # The planted model's unit k is on exactly where the scene has label k: 'sand' appears only in
+    # beach scenes, so its unit fires on one class alone; 'sky' is in every scene.
+    import json
+
+    from jaxdissect.data.scenes import SCENE_CLASSES, SCENE_LABELS
+    from jaxdissect.experiments.unit_selectivity import load_ranking, run_selectivity, write_outputs
+    from planted import EncodedScenes, planted_model
+
+    sand, sky = SCENE_LABELS.index("sand"), SCENE_LABELS.index("sky")
+    source = EncodedScenes(size=48)
+    ranking = np.tile(np.arange(55)[::-1], (8, 1))  # a made-up ranking: unit 54 first for every class
+    np.savez(tmp_path / "class_units.npz", ranking=ranking)
+    run = run_selectivity(planted_model(), "planted", source, SCENE_CLASSES, str(tmp_path / "out"), units=(sand, sky),
+                          ranking=load_ranking(str(tmp_path), 55, SCENE_CLASSES), top_units=1, batch_size=16)
+    sel = run.selectivity
+    truth = np.asarray([source.load([i]).labels[0] for i in range(48)])
+    np.testing.assert_array_equal(run.labels, truth)
+    assert sel.index[sand] >= 0.9 and SCENE_CLASSES[sel.top_class[sand]] == "beach"
+    assert sel.index[sky] == pytest.approx(0.0, abs=1e-9)  # every scene has sky: peak 1 everywhere
+    assert run.units == (sand, sky, 54)
+    data = unit_plot_data(sel, run.peaks, run.labels, sand)
+    assert data.classes[0] == "beach"
+    paths = write_outputs(run)
+    table = json.load(open(paths["json"]))
+    assert table["units"][sand]["top_class"] == "beach"
+    assert set(table["important_units"]) == set(SCENE_CLASSES)
+    with pytest.raises(ValueError, match="expected \\(classes, units\\)"):
+        load_ranking(str(tmp_path), 54, SCENE_CLASSES)
+    with pytest.raises(FileNotFoundError, match="intervene_classifier"):
+        load_ranking(str(tmp_path / "none"), 55, SCENE_CLASSES)

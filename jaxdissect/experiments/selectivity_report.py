@@ -19,7 +19,7 @@ def plot_unit_selectivity(data: UnitPlotData, layer: str, model: str, what: str 
     """A matplotlib Figure: the unit's images as jittered points per class, with the class mean
     and its standard error, classes sorted by mean (matplotlib: the 'plots' extra)."""
     n = len(data.classes)
-    fig = new_figure((max(5.0, 0.32 * n + 2.0), 4.2))
+    fig = new_figure((max(6.5, 0.32 * n + 2.0), 4.2))
     ax = fig.subplots()
     ax.scatter(data.points_x, data.points_y, s=5, color="tab:blue", alpha=0.35, lw=0,
                label="one image (jittered)")

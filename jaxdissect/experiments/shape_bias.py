@@ -214,6 +214,10 @@ def default_layers(model) -> tuple[str, ...]:
 
 def paired_name(config: ShapeBiasConfig) -> str:
     """The second dataset: as given, or the stylized scenes for the scenes."""
+    from jaxdissect.data.paired import STYLIZED_SCENES
+
+    if config.dataset in STYLIZED_SCENES:
+        raise ValueError(f"give the original world first: --dataset scenes --paired-dataset {config.dataset}")
     if config.paired_dataset:
         return config.paired_dataset
     if config.dataset == "scenes":
