@@ -148,3 +148,43 @@ def test_folder_pairs_agree_like_the_scenes_pairs(tmp_path):
     assert folders.directory.endswith("toy_classifier-orig-styl-shapebias")
     # the folders are shuffled: the same pairs in another order give the same sums
     np.testing.assert_array_equal(folders.layers[0].agreement, scenes.layers[0].agreement)
+
+
+class _Crashing(_Same):
+    """Pairs of stylized twins whose loading fails once, at load number `fail_at`."""
+
+    def __init__(self, n, fail_at):
+        from jaxdissect.data.paired import PairedScenes
+
+        super().__init__(n)
+        self.pairs, self.loads, self.fail_at, self.log = PairedScenes(n), 0, fail_at, []
+
+    def load(self, idx):
+        self.loads += 1
+        if self.loads == self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        self.log.append(tuple(int(i) for i in idx))
+        return self.pairs.load(idx)
+
+    log: list
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    base = dict(layers=("features.conv3_1",), batch_size=4, progress=False, thumbsize=32, strip_images=2, topk=3,
+                devices=2, checkpoint_every=1, paired_dataset="scenes-stylized")
+    reference = run_experiment(ShapeBiasConfig(outdir=str(tmp_path / "ref"), **base), source=_Crashing(12, -1))
+    src = _Crashing(12, fail_at=3 + 2)  # pass 1 takes 3 loads; killed in pass 2 after one checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(ShapeBiasConfig(outdir=str(tmp_path / "run"), **base), source=src)
+    d = os.path.join(tmp_path, "run", "toy_classifier-scenes-stylized-shapebias")
+    assert os.path.exists(os.path.join(d, "checkpoints", "pair_tallies"))
+    assert not os.path.exists(os.path.join(d, "lockfile.pid"))
+    assert src.log == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11), (0, 1, 2, 3)]  # pass 1, then pass 2's first batch
+    src.log.clear()
+    resumed = run_experiment(ShapeBiasConfig(outdir=str(tmp_path / "run"), **base), source=src)
+    assert src.log[:2] == [(4, 5, 6, 7), (8, 9, 10, 11)]  # pass 1 not run again; pass 2 from its checkpoint
+    a, b = reference.layers[0], resumed.layers[0]
+    np.testing.assert_array_equal(a.agreement, b.agreement)
+    np.testing.assert_array_equal(a.labels[1], b.labels[1])
+    np.testing.assert_array_equal(a.topk_indices, b.topk_indices)
