@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     ranking_path = args.ranking
     if ranking_path is None and args.top_units:
         cfg = classifier_ablation.InterventionConfig(model=model.name, dataset=args.dataset, outdir=args.outdir)
-        candidate = os.path.join(classifier_ablation.experiment_dir(cfg, model.name, layer), unit_selectivity.RANKING_FILE)
+        folder = classifier_ablation.experiment_dir(cfg, model.name, layer)
+        candidate = os.path.join(folder, unit_selectivity.RANKING_FILE)
         ranking_path = candidate if os.path.exists(candidate) else None
     units_count = None
     if ranking_path is not None:

@@ -121,7 +121,8 @@ def test_paired_folders_clear_errors(folders, tmp_path):
 def test_paired_scenes_are_each_scene_and_its_stylized_twin():
     ps = PairedScenes(size=6, image_size=64)
     orig, styl = ps.load([4, 1])
-    ref, ref_s = Scenes("val", 6, image_size=64).batch([4, 1]), Scenes("val", 6, image_size=64, stylized=True).batch([4, 1])
+    ref = Scenes("val", 6, image_size=64).batch([4, 1])
+    ref_s = Scenes("val", 6, image_size=64, stylized=True).batch([4, 1])
     np.testing.assert_array_equal(orig.inputs, ref["image"])
     np.testing.assert_array_equal(styl.inputs, ref_s["image"])
     np.testing.assert_array_equal(styl.segmentation, ref_s["segmentation"])

@@ -42,7 +42,8 @@ def test_shape_bias_missing_folder_exits_2(capsys, tmp_path):
     (["--top-units", "-1"], "--top-units must be >= 0"),
 ])
 def test_unit_selectivity_bad_input_exits_2(argv, message, capsys, tmp_path):
-    assert script("unit_selectivity").main(argv + ["--sample-size", "8", "--outdir", str(tmp_path), "--no-progress"]) == 2
+    argv = argv + ["--sample-size", "8", "--outdir", str(tmp_path), "--no-progress"]
+    assert script("unit_selectivity").main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("unit_selectivity.py: error:") and message in err
 

@@ -227,7 +227,8 @@ def paired_source(dataset: str, paired: str | None = None, *, crop: int = 224, s
         if paired is not None and paired not in STYLIZED_SCENES:
             raise ValueError(f"--dataset scenes pairs with a stylized scenes world ({', '.join(STYLIZED_SCENES)}), "
                              f"not {paired!r}")
-        return PairedScenes(size=size or 1000, image_size=image_size, style=STYLIZED_SCENES[paired or "scenes-stylized"])
+        style = STYLIZED_SCENES[paired or "scenes-stylized"]
+        return PairedScenes(size=size or 1000, image_size=image_size, style=style)
     if paired is None:
         raise ValueError(f"--dataset {dataset} needs --paired-dataset (the folder of its other versions)")
     return PairedFolders(dataset, paired, crop=crop, pattern=pattern, size=size)

@@ -348,7 +348,7 @@ def _run_pass(setup: _Setup, name: str, per_device: Callable, empty: dict, repli
         ok = first.ok & second.ok & valid
         args = [first.inputs, second.inputs, first.indices, ok]
         if with_truth:
-            args += [_subsample(first.segmentation, setup.downsample), _subsample(second.segmentation, setup.downsample)]
+            args += [_subsample(b.segmentation, setup.downsample) for b in (first, second)]
         args = [parallel.assemble(mesh, rows, np.ascontiguousarray(a), setup.batch_size) for a in args]
         stacked = step(stacked, replicated, *args)
         bar.update(len(r))

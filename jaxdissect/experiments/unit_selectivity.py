@@ -28,7 +28,8 @@ def image_peaks(acts: jax.Array) -> jax.Array:
     return acts.reshape(acts.shape[0], -1, acts.shape[-1]).max(axis=1)
 
 
-def collect_peaks(model, layer: str, source, batch_size: int = 50, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def collect_peaks(model, layer: str, source, batch_size: int = 50,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(peaks (N, units), class labels (N,)) over a source whose batches carry labels; images
     the source could not read are left out."""
     from tqdm.auto import tqdm
