@@ -70,10 +70,12 @@ def test_summarize_layer_by_hand():
     first_iou = np.array([0.2, 0.1, 0.3, 0.05, 0.01, 0.2, 0.3])  # unit 4 unlabelled (0.01)
     second_label = np.array([1, 1, 3, 4, 1, 3, 2])
     second_iou = np.array([0.1, 0.2, 0.02, 0.2, 0.3, 0.3, 0.3])
-    s = summarize_layer(agreement, first_label, first_iou, second_label, second_iou, CATS, 0.04)
+    chance = np.array([0.01, 0.03, 0.0, 0.02, 0.5, np.nan, 0.07])  # NaN where the unit never fires
+    s = summarize_layer(agreement, first_label, first_iou, second_label, second_iou, CATS, 0.04, chance)
     assert s["shape"]["units"] == 2 and s["shape"]["mean"] == pytest.approx(0.7)
     assert s["surface"]["units"] == 3 and s["surface"]["mean"] == pytest.approx(0.3)  # NaN left out (unit 5)
     assert s["gap"] == pytest.approx(0.4)
+    assert s["shape"]["chance_mean"] == pytest.approx(0.02) and s["surface"]["chance_mean"] == pytest.approx(0.03)
     # kept: unit 0 (object, same label, both > 0.04); unit 1 changed label; unit 2 IoU 0.02 on the
     # stylized set; unit 3 kept; unit 5 kept; unit 6 changed
     assert (s["shape"]["label_kept"], s["surface"]["label_kept"]) == (1, 2)
@@ -104,6 +106,7 @@ def test_identical_pairs_agree_exactly_and_outputs_are_written(tmp_path):
     [lb] = r.layers
     fires = ~np.isnan(lb.agreement)
     assert fires.sum() > 20 and np.all(lb.agreement[fires] == 1.0)
+    assert np.nanmax(lb.chance) < 0.2  # 1% masks that moved at random would hardly meet
     np.testing.assert_array_equal(lb.labels[0], lb.labels[1])
     np.testing.assert_array_equal(lb.thresholds[0], lb.thresholds[1])
     with open(os.path.join(r.directory, "shape_bias.json")) as f:

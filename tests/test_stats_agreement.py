@@ -33,13 +33,15 @@ def test_counts_and_iou_match_numpy():
     np.testing.assert_allclose(np.asarray(s.iou()), inter / (area_a + area_b - inter), rtol=1e-6)
     assert float(s.iou()[0]) == 0.0  # on only in the second set: no agreement
     np.testing.assert_allclose(np.asarray(s.both_fraction()), inter / (7 * 9 * 7), rtol=1e-6)
+    fa, fb = area_a / (7 * 9 * 7), area_b / (7 * 9 * 7)
+    np.testing.assert_allclose(np.asarray(s.chance_iou()), fa * fb / (fa + fb - fa * fb), rtol=1e-5)
     # agreement grows with the planted fraction of copied pixels
     assert np.all(np.diff(np.asarray(s.iou())[1:]) > 0) and float(s.iou()[-1]) == 1.0
 
 
 def test_never_on_is_nan_and_bad_shapes_are_named():
     s = MaskAgreement.create(2).update(np.zeros((1, 3, 3, 2), bool), np.zeros((1, 3, 3, 2), bool))
-    assert np.isnan(np.asarray(s.iou())).all()
+    assert np.isnan(np.asarray(s.iou())).all() and np.isnan(np.asarray(s.chance_iou())).all()
     with pytest.raises(ValueError, match=r"must be \(N, H, W, 2\)"):
         s.update(np.zeros((1, 3, 3, 3), bool), np.zeros((1, 3, 3, 3), bool))
     with pytest.raises(ValueError, match="partner masks"):
@@ -56,3 +58,13 @@ def test_merge_and_devices_exact(tmp_path):
     assert_trees_equal(sharded, whole)
     stats.save(tmp_path / "agree", whole)
     assert_trees_equal(stats.load(tmp_path / "agree"), whole)
+
+
+def test_chance_iou_is_the_agreement_of_independent_masks():
+    # Many independent masks of coverage 0.3 and 0.1: their pooled IoU approaches the chance value.
+    rng = np.random.default_rng(2)
+    a = rng.random((400, 16, 16, 2)) < np.array([0.3, 0.05])
+    b = rng.random((400, 16, 16, 2)) < np.array([0.1, 0.05])
+    s = MaskAgreement.create(2).update(a, b)
+    np.testing.assert_allclose(np.asarray(s.iou()), np.asarray(s.chance_iou()), rtol=0.03)
+    np.testing.assert_allclose(np.asarray(s.chance_iou()), [0.03 / 0.37, 0.0025 / 0.0975], rtol=0.03)

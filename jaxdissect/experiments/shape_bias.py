@@ -128,11 +128,14 @@ def _stat(values: np.ndarray) -> dict:
 
 
 def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: np.ndarray, second_label: np.ndarray,
-                    second_iou: np.ndarray, categories: Sequence[str], miniou: float = 0.04) -> dict:
+                    second_iou: np.ndarray, categories: Sequence[str], miniou: float = 0.04,
+                    chance: np.ndarray | None = None) -> dict:
     """Per group (shape = object/part, surface = material/color, by the unit's label on the first
-    set, units with IoU > miniou) the agreement's mean/median/SE, the gap shape - surface, and
-    how many units keep their label on the second set (same label with IoU > miniou there)."""
+    set, units with IoU > miniou) the agreement's mean/median/SE, the gap shape - surface, how
+    many units keep their label on the second set (same label with IoU > miniou there), and the
+    mean agreement independent masks of the units' coverage would have (`chance`, per unit)."""
     agreement = np.asarray(agreement, np.float64)
+    chance = np.full(agreement.shape, np.nan) if chance is None else np.asarray(chance, np.float64)
     first_label, second_label = np.asarray(first_label), np.asarray(second_label)
     labelled = np.asarray(first_iou) > miniou
     group = np.asarray([group_of(categories[int(l)]) for l in first_label], object)
@@ -141,7 +144,8 @@ def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: n
     for g in ("shape", "surface"):
         sel = labelled & (group == g)
         out[g] = {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum()),
-                  "label_kept_fraction": float(survives[sel].mean()) if sel.any() else float("nan")}
+                  "label_kept_fraction": float(survives[sel].mean()) if sel.any() else float("nan"),
+                  "chance_mean": _stat(chance[sel])["mean"]}
     for cat in (*SHAPE_CATEGORIES, *SURFACE_CATEGORIES):
         sel = labelled & (np.asarray([categories[int(l)] for l in first_label]) == cat)
         out[cat] = {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum())}
@@ -186,6 +190,7 @@ class LayerShapeBias:
     layer: str
     thresholds: tuple[np.ndarray, np.ndarray]  # (units,) per set
     agreement: np.ndarray  # (units,) IoU of the unit's masks on paired images (NaN: never on)
+    chance: np.ndarray  # (units,) agreement of independent masks of the same coverage
     both_fraction: np.ndarray  # (units,) fraction of pixels where both masks are on
     labels: tuple[np.ndarray, np.ndarray]  # (units,) best label id per set
     ious: tuple[np.ndarray, np.ndarray]  # (units,) its IoU per set
@@ -470,10 +475,11 @@ def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, s
             t = tallies[l]
             best = [tuple(np.asarray(a) for a in tally.best_label()) for tally in (t.first_iou, t.second_iou)]
             agreement = np.asarray(t.agreement.iou(), np.float64)
+            chance = np.asarray(t.agreement.chance_iou(), np.float64)
             summary = summarize_layer(agreement, best[0][0], best[0][1], best[1][0], best[1][1],
-                                      setup.labels.categories, config.miniou)
+                                      setup.labels.categories, config.miniou, chance)
             layers.append(LayerShapeBias(
-                l, thresholds[l], agreement, np.asarray(t.agreement.both_fraction()), (best[0][0], best[1][0]),
+                l, thresholds[l], agreement, chance, np.asarray(t.agreement.both_fraction()), (best[0][0], best[1][0]),
                 (best[0][1], best[1][1]), (np.asarray(t.first_iou.iou()), np.asarray(t.second_iou.iou())),
                 np.asarray(pair_stats[l].second_topk.result()[1]), summary))
         result = ShapeBiasResult(setup.directory, setup.model.name, config.dataset, setup.paired,

@@ -34,7 +34,7 @@ def unit_records(result, lb, miniou: float) -> list[dict]:
         a, b = int(lb.labels[0][u]), int(lb.labels[1][u])
         kept = a == b and lb.ious[0][u] > miniou and lb.ious[1][u] > miniou
         out.append({"image": f"image/unit{u}.jpg", "unit": u, "iou": float(lb.ious[1][u]), "label": names[b],
-                    "cat": cats[b], "threshold": float(lb.thresholds[1][u]), "agreement": float(lb.agreement[u]),
+                    "cat": cats[b], "threshold": float(lb.thresholds[1][u]), "agreement": float(lb.agreement[u]), "chance_agreement": float(lb.chance[u]),
                     "both_fraction": float(lb.both_fraction[u]), "original_label": names[a], "original_cat": cats[a],
                     "original_iou": float(lb.ious[0][u]), "original_threshold": float(lb.thresholds[0][u]),
                     "original_image": f"original/unit{u}.jpg", "same_label": bool(kept)})
@@ -80,12 +80,15 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
                        label=GROUP_NAMES[g] if i == 0 else None)
             if v.size:
                 ax.plot([x - 0.15, x + 0.15], [v.mean()] * 2, color=col, lw=2)
+                c = lb.summary[g]["chance_mean"]
+                ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":",
+                        label="agreement of independent masks (chance)" if i == 0 and j == 0 else None)
     ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("layer")
     ax.set_ylabel("mask agreement (IoU, original vs stylized)")
     ax.set_title(f"{result.model}: do units fire in the same place on stylized images?\n"
-                 f"units labelled (IoU > {miniou:g}) on the originals; bars: means", fontsize=10)
+                 f"units labelled (IoU > {miniou:g}) on the originals; solid bars: means", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     return figure_png(fig)
 
@@ -119,7 +122,8 @@ def summary_text(result) -> str:
         s = lb.summary
         lines.append(f"  {lb.layer}: shape {s['shape']['mean']:.3f} ({s['shape']['units']} units, label kept "
                      f"{s['shape']['label_kept']}), surface {s['surface']['mean']:.3f} ({s['surface']['units']} units, "
-                     f"label kept {s['surface']['label_kept']}), gap {s['gap']:+.3f}")
+                     f"label kept {s['surface']['label_kept']}), gap {s['gap']:+.3f}; chance "
+                     f"{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}")
     return "\n".join(lines)
 
 
@@ -137,16 +141,18 @@ def section_html(result, images: dict[str, bytes], layer: str | None = None) -> 
         mark = " style='font-weight:bold'" if lb.layer == layer else ""
         rows.append(f"<tr{mark}><td>{e(lb.layer)}</td><td>{s['shape']['units']}</td><td>{s['shape']['mean']:.3f}</td>"
                     f"<td>{s['surface']['units']}</td><td>{s['surface']['mean']:.3f}</td><td>{s['gap']:+.3f}</td>"
+                    f"<td>{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}</td>"
                     f"<td>{s['shape']['label_kept']}/{s['shape']['units']}</td>"
                     f"<td>{s['surface']['label_kept']}/{s['surface']['units']}</td></tr>")
     return "\n".join([
         f"<p>Each image was paired with a stylized version of it ({e(result.paired_dataset)}: the same shapes and "
         "layout, other textures and colours). A unit's agreement is the IoU of its thresholded masks on the two "
         "images of each pair (each set with its own top-1% threshold), over all "
-        f"{result.samples} pairs. Units are grouped by their label on the original images. Cards below: label "
+        f"{result.samples} pairs; chance is the agreement masks of the same coverage would have if they moved "
+        "independently. Units are grouped by their label on the original images. Cards below: label "
         "and top images on the stylized set; each unit's original label and agreement are in report.json.</p>",
         "<table><thead><tr><th>layer</th><th>shape units</th><th>agreement</th><th>surface units</th>"
-        "<th>agreement</th><th>gap</th><th>shape labels kept</th><th>surface labels kept</th></tr></thead><tbody>",
+        "<th>agreement</th><th>gap</th><th>chance (shape / surface)</th><th>shape labels kept</th><th>surface labels kept</th></tr></thead><tbody>",
         *rows, "</tbody></table>",
         '<div style="display:flex;flex-wrap:wrap;gap:8px">',
         *(f"<figure style='margin:0;flex:0 1 600px'>{_img(png, n)}<figcaption>{e(n)}</figcaption></figure>"

@@ -56,6 +56,15 @@ class MaskAgreement:
         union = self.first_area.astype(jnp.float32) + self.second_area.astype(jnp.float32) - inter
         return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), jnp.nan)
 
+    def chance_iou(self) -> jax.Array:
+        """(units,) the IoU two independent masks with the same coverage would have on average,
+        ab / (a + b - ab) with a, b the fractions of pixels each mask covers: the agreement of a
+        unit whose region moves at random (NaN: never on)."""
+        n = jnp.maximum(self.pixels, 1).astype(jnp.float32)
+        a, b = self.first_area.astype(jnp.float32) / n, self.second_area.astype(jnp.float32) / n
+        union = a + b - a * b
+        return jnp.where(union > 0, a * b / jnp.where(union > 0, union, 1.0), jnp.nan)
+
     def both_fraction(self) -> jax.Array:
         """(units,) fraction of pixels where the unit is on in both images (the original's
         'intersect_99' P(both))."""
