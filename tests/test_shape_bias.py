@@ -99,6 +99,7 @@ class _Same:
         return self.source.load(idx), self.source.load(idx)
 
 
+@pytest.mark.slow
 def test_identical_pairs_agree_exactly_and_outputs_are_written(tmp_path):
     cfg = ShapeBiasConfig(outdir=str(tmp_path), layers=("features.conv2_1",), batch_size=8, progress=False,
                           thumbsize=32, strip_images=2, topk=4, devices=2, checkpoint_every=1)
