@@ -135,7 +135,14 @@ def test_driver_on_a_planted_model_finds_the_one_class_unit(tmp_path):
     assert run.units == (sand, sky, 54)
     data = unit_plot_data(sel, run.peaks, run.labels, sand)
     assert data.classes[0] == "beach"
-    paths = write_outputs(run)
+    from jaxdissect.report.report_json import write_report_json
+
+    dissection = tmp_path / "dissection"
+    write_report_json(dissection / "report.json", {"name": "planted", "layer": "planted"},
+                      [{"image": "image/unit0.jpg", "unit": 0, "iou": 0.5, "label": "sky", "cat": "object"}])
+    paths = write_outputs(run, dissection_dir=str(dissection))
+    page = open(paths["report"]).read()  # the dissection's page gains the section, one SVG per unit
+    assert "Class selectivity" in page and page.count("<svg") >= 3 and "selectivity 1.00" in page
     table = json.load(open(paths["json"]))
     assert table["units"][sand]["top_class"] == "beach"
     assert set(table["important_units"]) == set(SCENE_CLASSES)
