@@ -452,6 +452,33 @@ def pass_pair_tallies(setup: _Setup, thresholds: dict) -> dict:
     return merged
 
 
+def layer_readout(layer: str, stats_: PairStats, tallies: PairTallies, thresholds: tuple[np.ndarray, np.ndarray],
+                  categories: Sequence[str], miniou: float) -> LayerShapeBias:
+    """Everything measured on one layer, from its finished states."""
+    best = [tuple(np.asarray(a) for a in tally.best_label()) for tally in (tallies.first_iou, tallies.second_iou)]
+    agreement = np.asarray(tallies.agreement.iou(), np.float64)
+    chance = np.asarray(tallies.agreement.chance_iou(), np.float64)
+    summary = summarize_layer(agreement, best[0][0], best[0][1], best[1][0], best[1][1], categories, miniou, chance)
+    return LayerShapeBias(layer, thresholds, agreement, chance, np.asarray(tallies.agreement.both_fraction()),
+                          (best[0][0], best[1][0]), (best[0][1], best[1][1]),
+                          (np.asarray(tallies.first_iou.iou()), np.asarray(tallies.second_iou.iou())),
+                          np.asarray(stats_.second_topk.result()[1]), summary)
+
+
+def measure(setup: _Setup) -> ShapeBiasResult:
+    """Both passes (loaded when finished) and the readouts; writes nothing but the pass states."""
+    cfg = setup.config
+    pair_stats = pass_pair_stats(setup)
+    q = [1.0 - cfg.quantile]
+    thresholds = {l: (np.asarray(s.first.quantiles(q)[:, 0]), np.asarray(s.second.quantiles(q)[:, 0]))
+                  for l, s in pair_stats.items()}
+    tallies = pass_pair_tallies(setup, thresholds)
+    layers = [layer_readout(l, pair_stats[l], tallies[l], thresholds[l], setup.labels.categories, cfg.miniou)
+              for l in setup.layers]
+    return ShapeBiasResult(setup.directory, setup.model.name, cfg.dataset, setup.paired, tuple(setup.labels.names),
+                           tuple(setup.labels.categories), len(setup.source), layers)
+
+
 def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, source=None,
                    segmenter=None) -> ShapeBiasResult:
     """The whole experiment, resumable pass by pass; writes figures, thumbnails, report.json per
@@ -465,25 +492,7 @@ def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, s
         if parallel.is_primary():
             stack.enter_context(runstate.ExclusiveRun(setup.directory))
         parallel.barrier("shapebias-locked")
-        pair_stats = pass_pair_stats(setup)
-        q = [1.0 - config.quantile]
-        thresholds = {l: (np.asarray(s.first.quantiles(q)[:, 0]), np.asarray(s.second.quantiles(q)[:, 0]))
-                      for l, s in pair_stats.items()}
-        tallies = pass_pair_tallies(setup, thresholds)
-        layers = []
-        for l in setup.layers:
-            t = tallies[l]
-            best = [tuple(np.asarray(a) for a in tally.best_label()) for tally in (t.first_iou, t.second_iou)]
-            agreement = np.asarray(t.agreement.iou(), np.float64)
-            chance = np.asarray(t.agreement.chance_iou(), np.float64)
-            summary = summarize_layer(agreement, best[0][0], best[0][1], best[1][0], best[1][1],
-                                      setup.labels.categories, config.miniou, chance)
-            layers.append(LayerShapeBias(
-                l, thresholds[l], agreement, chance, np.asarray(t.agreement.both_fraction()), (best[0][0], best[1][0]),
-                (best[0][1], best[1][1]), (np.asarray(t.first_iou.iou()), np.asarray(t.second_iou.iou())),
-                np.asarray(pair_stats[l].second_topk.result()[1]), summary))
-        result = ShapeBiasResult(setup.directory, setup.model.name, config.dataset, setup.paired,
-                                 tuple(setup.labels.names), tuple(setup.labels.categories), len(setup.source), layers)
+        result = measure(setup)
         if parallel.is_primary():
             shape_bias_report.write_outputs(setup, result)
             if config.progress:

@@ -66,6 +66,7 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
     fig = new_figure((max(6.0, 1.3 * len(result.layers) + 2), 4.2))
     ax = fig.subplots()
     rng = np.random.default_rng(seed)
+    chance_label = "agreement of independent masks (chance)"
     for i, lb in enumerate(result.layers):
         for j, g in enumerate(("shape", "surface")):
             v = _group_values(result, lb, miniou, g)
@@ -80,13 +81,15 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
                        label=GROUP_NAMES[g] if i == 0 else None)
             if v.size:
                 ax.plot([x - 0.15, x + 0.15], [v.mean()] * 2, color=col, lw=2)
+                ax.annotate(f"{v.mean():.3f}", (x, max(v.max(), v.mean())), textcoords="offset points", xytext=(0, 4),
+                            ha="center", fontsize=7, color=col)
                 c = lb.summary[g]["chance_mean"]
-                ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":",
-                        label="agreement of independent masks (chance)" if i == 0 and j == 0 else None)
+                ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":", label=chance_label)
+                chance_label = None
     ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("layer")
-    ax.set_ylabel("mask agreement (IoU, original vs stylized)")
+    ax.set_ylabel(f"mask agreement (IoU, {result.dataset} vs {result.paired_dataset})", fontsize=9)
     ax.set_title(f"{result.model}: do units fire in the same place on stylized images?\n"
                  f"units labelled (IoU > {miniou:g}) on the originals; solid bars: means", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
