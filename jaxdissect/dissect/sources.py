@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,23 @@ class Batch:
     segmentation: np.ndarray | None = None  # (N, L, H, W) int32 ground truth, when the source has it
     errors: dict = dataclasses.field(default_factory=dict)  # index -> message for unreadable samples
     labels: np.ndarray | None = None  # (N,) int32 class labels, when the source has them
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the dissection reads samples from: random access by global sample index.
+
+    `kind` is 'images' (uint8 NHWC inputs) or 'z' (latent vectors of a generator); `labels` is
+    the source's own segmentation labels (SegmentLabels) when its batches carry an exact
+    segmentation, else None. Defining `identity() -> dict` (what the source holds: names, sizes,
+    a digest of the contents) lets results and shared caches be fingerprinted by content."""
+
+    kind: str
+    labels: Any
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: Sequence[int]) -> "Batch": ...
 
 
 class ScenesSource:

@@ -4,6 +4,7 @@ Every state has fixed shapes, and `update` / `merge` are pure and jit-able; `all
 merges per-device states inside `jax.shard_map`. `exact_quantiles` turns a sketch into exact
 quantiles when the data can be replayed.
 """
+from jaxdissect.stats.agreement import MaskAgreement
 from jaxdissect.stats.counts import Bincount, IoUTally, UnitCounts
 from jaxdissect.stats.io import load, save
 from jaxdissect.stats.moments import CrossCovariance, Moments
@@ -14,4 +15,4 @@ from jaxdissect.stats.topk import TopK
 
 __all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "save", "load",
            "QuantileRefinement", "RefinementPlan", "exact_quantiles", "exact_order_statistics", "target_ranks",
-           "ReplayMismatchError", "UnitCounts"]
+           "ReplayMismatchError", "UnitCounts", "MaskAgreement"]

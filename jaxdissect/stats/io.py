@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.stats.agreement import MaskAgreement
 from jaxdissect.stats.counts import Bincount, IoUTally, UnitCounts
 from jaxdissect.stats.moments import CrossCovariance, Moments
 from jaxdissect.stats.quantile import QuantileSketch
@@ -33,7 +34,7 @@ def local_checkpointer() -> ocp.StandardCheckpointer:
 
 
 _STATE_CLASSES = {c.__name__: c for c in (QuantileSketch, TopK, Moments, CrossCovariance, Bincount, IoUTally,
-                                          QuantileRefinement, UnitCounts)}
+                                          QuantileRefinement, UnitCounts, MaskAgreement)}
 
 
 def register_state_class(cls: type) -> type:
