@@ -20,17 +20,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxdissect import stats
+from jaxdissect.dissect.config import MODEL_ALIASES
+from jaxdissect.dissect.pipeline import STATS_LAYOUT, layer_stats
+from jaxdissect.dissect.runstate import DONE_FILE
 from jaxdissect.report.report_json import read_report_json
 
-# Where things are inside one dissected layer's folder (the single place that knows).
-LAYOUT = {
-    "report": "report.json",
-    "done": "done.txt",
-    "quantiles": os.path.join("stats", "quantiles"),
-    "topk": os.path.join("stats", "topk"),
-    "iou": os.path.join("stats", "iou"),
-}
-MODEL_ALIASES = {"alexnet": "alexnet_places", "vgg16": "vgg16_places", "resnet152": "resnet152_places"}
+# Where things are inside one dissected layer's folder (the statistics' places: the pipeline's).
+LAYOUT = {"report": "report.json", "done": DONE_FILE, **STATS_LAYOUT}
 
 
 @dataclasses.dataclass
@@ -80,11 +76,10 @@ class LayerResults:
 
     @property
     def thresholds(self) -> np.ndarray:
-        """(units,) activation thresholds, from the report (else from the quantile sketch)."""
-        if all("threshold" in r for r in self.units):
-            return np.asarray([r["threshold"] for r in self.units], np.float64)
-        q = float(self.header.get("quantile", 0.01))
-        return np.asarray(self.quantiles().quantiles([1.0 - q])[:, 0], np.float64)
+        """(units,) activation thresholds (exact, as the dissection stored them; else the report's)."""
+        if os.path.exists(os.path.join(self.directory, LAYOUT["thresholds"])):
+            return np.asarray(self._stats("thresholds"), np.float64)
+        return np.asarray([r["threshold"] for r in self.units], np.float64)
 
     def image_path(self, u: int) -> str:
         """The unit's thumbnail strip (top images with its region outlined)."""
@@ -103,12 +98,7 @@ class LayerResults:
 
     def _stats(self, what: str):
         if what not in self._loaded:
-            path = os.path.join(self.directory, LAYOUT[what])
-            try:
-                self._loaded[what] = stats.load(path)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"statistics {path!r} are missing (a dissection from before they were "
-                                        "kept, or a folder copied without its stats/)") from None
+            self._loaded.update(layer_stats(self.directory, (what,)))
         return self._loaded[what]
 
     def quantiles(self) -> stats.QuantileSketch:

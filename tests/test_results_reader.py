@@ -37,7 +37,8 @@ def test_reader_finds_every_layer_with_its_labels_and_stats(run):
         np.testing.assert_allclose(d.thresholds(r.layer), r.thresholds, rtol=1e-6)
         np.testing.assert_allclose(layer.iou_tally().iou(), r.iou, rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(layer.topk().result()[1]), r.topk_indices)
-        np.testing.assert_allclose(np.asarray(layer.quantiles().quantiles([0.99])[:, 0]), r.thresholds, rtol=1e-6)
+        # the sketch's own estimate lies in the bin of the exact threshold (relative width 1/128)
+        np.testing.assert_allclose(np.asarray(layer.quantiles().quantiles([0.99])[:, 0]), r.thresholds, rtol=1 / 128)
         assert layer.image(0).ndim == 3 and layer.image(0).shape[0] == 32
         assert [t[0] for t in layer.unit_labels()] == [r.label_names[b] for b in r.best_label]
         np.testing.assert_array_equal(layer.labelled(), np.flatnonzero(r.best_iou > 0.04))
@@ -64,7 +65,7 @@ def test_reader_filters_and_clear_errors(run, tmp_path):
         DissectionResults(copy)
     assert DissectionResults(directories=[copy / "first"]).layers == ("features.conv2",)
     shutil.rmtree(copy / "first" / "stats")
-    with pytest.raises(FileNotFoundError, match="are missing"):
+    with pytest.raises(FileNotFoundError, match="is missing"):
         read_layer(copy / "first").iou_tally()
     # a report without thresholds falls back to the quantile sketch
     report = json.load(open(copy / "other-name" / "report.json"))

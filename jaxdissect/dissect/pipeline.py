@@ -95,22 +95,34 @@ def _save_stage(run: DissectRun, stage: str, layer: str, states: Mapping[str, An
     checkpoints.save_states(_stats_dir(run, layer, stage), states, {"fingerprint": fp.canonical(fingerprint), **meta})
 
 
-def layer_stats(directory: str) -> dict:
-    """The statistics a finished dissection stored for one layer: 'quantiles' (QuantileSketch of
-    the upsampled activations), 'topk', 'top_maps', 'nonfinite', 'iou' (IoUTally) and
-    'thresholds' (the exact thresholds, numpy), read from `directory` (its results folder)."""
+# Where a finished layer's statistics live in its results folder (the one place that knows).
+STATS_LAYOUT = {
+    "quantiles": os.path.join("stats", STAGE_ACTIVATIONS, "quantiles"),  # QuantileSketch, upsampled activations
+    "topk": os.path.join("stats", STAGE_ACTIVATIONS, "topk"),  # TopK of per-image peaks
+    "top_maps": os.path.join("stats", STAGE_ACTIVATIONS, "top_maps"),  # TopK with the top images' maps
+    "nonfinite": os.path.join("stats", STAGE_ACTIVATIONS, "nonfinite"),  # UnitCounts of NaN/inf samples
+    "iou": os.path.join("stats", STAGE_IOU, "iou"),  # IoUTally
+    "thresholds": os.path.join("stats", THRESHOLDS_FILE),  # the exact thresholds (JSON)
+}
+
+
+def layer_stats(directory: str, which: tuple[str, ...] | None = None) -> dict:
+    """The statistics a finished dissection stored for one layer, read from `directory` (its
+    results folder): the STATS_LAYOUT keys in `which` (default: all); 'thresholds' as numpy."""
     out = {}
-    for stage in (STAGE_ACTIVATIONS, STAGE_IOU):
-        folder = os.path.join(directory, "stats", stage)
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{directory} holds no finished {stage} statistics (is it a dissection's results "
-                                    "folder, finished?)")
-        for key in sorted(os.listdir(folder)):
-            if key != checkpoints.META_FILE and not key.startswith("."):
-                out[key] = stats.load(os.path.join(folder, key))
-    saved = _read_json(os.path.join(directory, "stats", THRESHOLDS_FILE))
-    if saved is not None:
-        out["thresholds"] = np.asarray(saved["thresholds"], np.float32)
+    for key in which or tuple(STATS_LAYOUT):
+        path = os.path.join(directory, STATS_LAYOUT[key])
+        if key == "thresholds":
+            saved = _read_json(path)
+            if saved is None:
+                raise FileNotFoundError(f"{path!r} is missing (is {directory!r} a finished dissection's folder?)")
+            out[key] = np.asarray(saved["thresholds"], np.float32)
+        else:
+            try:
+                out[key] = stats.load(path)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path!r} is missing (is {directory!r} a finished dissection's folder?)") \
+                    from None
     return out
 
 
@@ -618,4 +630,4 @@ def dissect(config: DissectConfig = DissectConfig(), *, model=None, source=None,
 
 
 __all__ = ["DissectConfig", "LayerResult", "dissect", "result_dir", "stage_activations", "stage_thresholds",
-           "stage_iou", "layer_stats", "FinishedWithOtherSettingsError"]
+           "stage_iou", "layer_stats", "STATS_LAYOUT", "FinishedWithOtherSettingsError"]
