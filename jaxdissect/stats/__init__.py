@@ -7,6 +7,8 @@ from jaxdissect.stats.counts import Bincount, IoUTally
 from jaxdissect.stats.io import load, save
 from jaxdissect.stats.moments import CrossCovariance, Moments
 from jaxdissect.stats.quantile import QuantileSketch
+from jaxdissect.stats.thresholds import MultiThresholdTally, level_index, threshold_levels
 from jaxdissect.stats.topk import TopK
 
-__all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "save", "load"]
+__all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "MultiThresholdTally",
+           "threshold_levels", "level_index", "save", "load"]
