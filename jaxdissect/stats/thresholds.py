@@ -15,6 +15,7 @@ scatters are slow, a thermometer matmul does the same counting (`method="matmul"
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -210,8 +211,7 @@ def information_quality_ratio(table: jax.Array) -> jax.Array:
 def pixel_levels(activations: jax.Array, thresholds: jax.Array) -> jax.Array:
     """(..., units) activations, (units, T) non-decreasing thresholds -> (..., units) int32: how many
     thresholds each activation exceeds (so the unit is on at level t where the result > t)."""
-    activations = jnp.asarray(activations)
-    return sum((activations > thresholds[:, t]).astype(jnp.int32) for t in range(thresholds.shape[1]))
+    return (jnp.asarray(activations)[..., None] > thresholds).sum(-1, dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "max_label_sets"))
@@ -220,11 +220,14 @@ def _update(state: MultiThresholdTally, activations, thresholds, labels, mask, *
     n, h, w, units = activations.shape
     num_labels, t = state.num_labels, state.num_thresholds
     valid_px = jnp.broadcast_to(mask[:, None, None], (n, h, w)).reshape(-1)
-    level = jnp.where(valid_px[:, None], pixel_levels(activations.reshape(-1, units), thresholds), 0)
+    rows = activations.reshape(-1, units)
+    # A function, not an array: each consumer computes the levels in its own fusion (a shared
+    # array would be computed twice anyway, and once more to materialize it).
+    level = lambda: jnp.where(valid_px[:, None], pixel_levels(rows, thresholds), 0)  # noqa: E731
     lab = jnp.moveaxis(labels, 1, -1).reshape(-1, labels.shape[1]).astype(jnp.int32)
     lab = jnp.where(valid_px[:, None], dedup_labels(lab, num_labels), num_labels)
     if method == "matmul":
-        inter, unit_area = _counts_matmul(level, lab, num_labels, t)
+        inter, unit_area = _counts_matmul(level(), lab, num_labels, t)
     else:
         inter, unit_area = _counts_histogram(level, lab, num_labels, t, max_label_sets)
     area = state.label_area
@@ -243,25 +246,27 @@ def _exceedance(hist: jax.Array) -> jax.Array:
     return jnp.stack(rows[::-1], axis=-2)
 
 
-def _counts_histogram(level, lab, num_labels: int, t: int, max_sets: int):
-    """Exact counts by scatter: (T, labels, units) intersections and (T, units) unit areas."""
-    p, units = level.shape
+def _counts_histogram(level: Callable[[], jax.Array], lab, num_labels: int, t: int, max_sets: int):
+    """Exact counts by scatter: (T, labels, units) intersections and (T, units) unit areas.
+
+    Bins keep level 0 (off at every threshold) and the "no label" id, and are dropped after the
+    scatter: on CPU a scatter with out-of-range (dropped) indices costs far more."""
+    p, units = jax.eval_shape(level).shape
     channels = lab.shape[1]
     units_idx = jnp.arange(units, dtype=jnp.int32)
-    on = level > 0
     radix = num_labels + 1  # label ids 1 .. num_labels - 1, and num_labels for "none"
+    levels = t + 1
 
     def by_channels(_):
-        # One scatter of (label, level, unit) per channel.
-        size = radix * t * units
+        # One scatter of (label, level, unit) per channel, and one of (level, unit).
+        level_ = level()
+        size = radix * levels * units
         inter = jnp.zeros((size,), jnp.int32)
         for c in range(channels):
-            ids = jnp.where(on, (lab[:, c:c + 1] * t + level - 1) * units + units_idx, size)
-            inter = inter.at[ids.reshape(-1)].add(1, mode="drop")
-        inter = _exceedance(inter.reshape(radix, t, units)[:num_labels])
-        ids = jnp.where(on, (level - 1) * units + units_idx, t * units)
-        hist = jnp.zeros((t * units,), jnp.int32).at[ids.reshape(-1)].add(1, mode="drop")
-        return inter.transpose(1, 0, 2), _exceedance(hist.reshape(t, units))
+            inter = inter.at[(lab[:, c:c + 1] * levels + level_) * units + units_idx].add(1)
+        hist = jnp.zeros((levels * units,), jnp.int32).at[level_ * units + units_idx].add(1)
+        inter = _exceedance(inter.reshape(radix, levels, units)[:num_labels, 1:])
+        return inter.transpose(1, 0, 2), _exceedance(hist.reshape(levels, units)[1:])
 
     if radix ** channels >= 2 ** 31 or channels == 1:
         return by_channels(None)
@@ -277,13 +282,15 @@ def _counts_histogram(level, lab, num_labels: int, t: int, max_sets: int):
     num_sets = rank[-1] + 1
     none_key = sum(num_labels * radix ** c for c in range(channels))  # the tuple of "no label" in every channel
     sets = jnp.full((max_sets,), jnp.iinfo(jnp.int32).max, jnp.int32).at[rank].set(ordered, mode="drop")
+    # The bin of every (pixel, unit): (label set, level, unit). Computed here, outside the cond,
+    # XLA makes it a (pixels, units) array: fused into the scatter (whose indices are flat) the
+    # level comparisons would not vectorize on CPU.
+    set_id = jnp.minimum(jnp.searchsorted(sets, key), max_sets - 1).astype(jnp.int32)
+    set_bins = (set_id[:, None] * levels + level()) * units + units_idx
 
     def by_sets(_):
-        # One scatter of every (pixel, unit) with level >= 1 into (label set, level, unit) bins.
-        set_id = jnp.searchsorted(sets, key).astype(jnp.int32)
-        ids = jnp.where(on, (set_id[:, None] * t + level - 1) * units + units_idx, max_sets * t * units)
-        hist = jnp.zeros((max_sets * t * units,), jnp.int32).at[ids.reshape(-1)].add(1, mode="drop")
-        hist = hist.reshape(max_sets, t * units)
+        hist = jnp.zeros((max_sets * levels * units,), jnp.int32).at[set_bins].add(1)
+        hist = hist.reshape(max_sets, levels, units)[:, 1:].reshape(max_sets, t * units)
         inter = jnp.zeros((radix, t * units), jnp.int32)
         rest = jnp.where(sets == jnp.iinfo(jnp.int32).max, none_key, sets)  # unused slots (empty) -> no label
         for c in reversed(range(channels)):  # the set's label in channel c is one radix digit of its key
