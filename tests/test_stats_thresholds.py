@@ -63,6 +63,20 @@ def test_single_channel_and_wide_labels_take_the_channel_path(channels, num_labe
     np.testing.assert_array_equal(np.asarray(got.unit_area), unit_area)
 
 
+def test_matmul_chunks_add_up_exactly():
+    from jaxdissect.stats.counts import dedup_labels
+    from jaxdissect.stats.thresholds import _counts_histogram, _counts_matmul, pixel_levels
+
+    acts, thr, labels = random_case(7, n=2)  # 126 pixels: 13 chunks of 10, the last one padded
+    level = pixel_levels(jnp.asarray(acts).reshape(-1, 11), jnp.asarray(thr))
+    lab = dedup_labels(jnp.asarray(np.moveaxis(labels, 1, -1).reshape(-1, 3)), 13)
+    by_matmul = _counts_matmul(level, lab, 13, 5, chunk=10)
+    by_scatter = _counts_histogram(lambda: level, lab, 13, 5, 512)
+    assert_trees_equal(by_matmul, by_scatter)
+    inter, unit_area, _, _ = brute_force(acts, thr, labels, 13)
+    np.testing.assert_array_equal(np.asarray(by_matmul[0]), inter)
+
+
 def test_each_threshold_equals_iou_tally():
     acts, thr, labels = random_case(1)
     multi = MultiThresholdTally.create(11, 13, 5).update(acts, thr, labels)
@@ -113,6 +127,9 @@ def test_errors_name_the_problem():
         state.update(acts, thr, labels[:, :, :4])
     with pytest.raises(ValueError, match="method"):
         state.update(acts, thr, labels, method="fast")
+    with pytest.raises(ValueError, match="too many bins"):
+        huge = jax.eval_shape(lambda: MultiThresholdTally.create(2, 2 ** 20, 2 ** 10))  # shapes only
+        huge.update(acts[..., :2], np.zeros((2, 2 ** 10)), labels)
 
 
 def original_statistics(inter, unit_area, label_area, pixels):

@@ -54,7 +54,7 @@ class BrodenSource:
 
     def _class(self, i: int) -> int:
         """The index in `classes` of the image's first scene label; -1 without one."""
-        for item in self.dataset._items(self.dataset.records[i], "scene") if "scene" in self.dataset.categories else []:
+        for item in self.dataset.items(self.dataset.records[i], "scene") if "scene" in self.dataset.categories else []:
             if item.isdigit() and int(item) in self._class_of:
                 return self._class_of[int(item)]
         return -1

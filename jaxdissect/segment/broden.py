@@ -107,7 +107,7 @@ class BrodenSegmentation:
             raise ValueError(f"unknown Broden categories {unknown}; this folder has {available}")
         self.categories = tuple(categories)
         records = [r for r in rows if split is None or r["split"] == split]
-        self.records = [r for r in records if any(self._items(r, c) for c in self.categories)]
+        self.records = [r for r in records if any(self.items(r, c) for c in self.categories)]
         if not self.records:
             raise ValueError(f"no images of split {split!r} with data in {list(self.categories)} in {self.directory!r}")
         for r in self.records:
@@ -117,7 +117,7 @@ class BrodenSegmentation:
                 raise ValueError(f"{index_path!r}: image {r.get('image')!r} has no integer ih/iw") from None
         self.image_size = tuple(image_size) if image_size else None
         self.labels = self._read_labels()
-        self.slots = {c: max(len(self._items(r, c)) for r in self.records) for c in self.categories}
+        self.slots = {c: max(len(self.items(r, c)) for r in self.records) for c in self.categories}
         self.num_channels = max(1, sum(self.slots.values()))
 
     def _read_labels(self) -> SegmentLabels:
@@ -151,7 +151,8 @@ class BrodenSegmentation:
         return SegmentLabels(tuple(names), tuple(cats), self.categories)
 
     @staticmethod
-    def _items(record: dict, category: str) -> list[str]:
+    def items(record: dict, category: str) -> list[str]:
+        """The mask files or label numbers listed for `category` in an index.csv record."""
         return [v.strip() for v in (record.get(category) or "").split(";") if v.strip()]
 
     def __len__(self) -> int:
@@ -187,7 +188,7 @@ class BrodenSegmentation:
         out = np.zeros((self.num_channels,) + size, np.int32)
         k = 0
         for cat in self.categories:
-            for j, item in enumerate(self._items(self.records[i], cat)):
+            for j, item in enumerate(self.items(self.records[i], cat)):
                 if item.isdigit():
                     out[k + j] = int(item)
                 elif cat in WHOLE_IMAGE_CATEGORIES:

@@ -29,6 +29,7 @@ DEFAULT_NUM_THRESHOLDS = 16
 DEFAULT_Q_MAX = 0.5  # loosest threshold: the unit's median
 DEFAULT_Q_MIN = 0.0005  # tightest: its top 0.05%
 DEFAULT_MAX_LABEL_SETS = 512
+MATMUL_CHUNK = 8192  # pixels per matmul (method "matmul"): counts stay exact in float32
 METHODS = ("auto", "histogram", "matmul")
 
 
@@ -124,6 +125,9 @@ class MultiThresholdTally:
                 bad = sorted(set(np.nonzero((np.diff(thr, axis=1) < 0).any(1))[0].tolist()))[:10]
                 raise ValueError(f"MultiThresholdTally.update: thresholds must not decrease along T "
                                  f"(units {bad} do); pass quantiles at ascending levels")
+        if (self.num_labels + 1) * (t + 1) * max(units, 1) >= 2 ** 31:
+            raise ValueError(f"MultiThresholdTally: {self.num_labels} labels x {t + 1} levels x {units} units "
+                             "are too many bins for int32 indices; tally fewer units at a time")
         if method == "auto":
             method = "matmul" if jax.default_backend() == "tpu" else "histogram"
         return _update(self, activations, thresholds, labels, row_mask(mask, activations.shape[0]),
@@ -302,16 +306,24 @@ def _counts_histogram(level: Callable[[], jax.Array], lab, num_labels: int, t: i
     return jax.lax.cond(num_sets <= max_sets, by_sets, by_channels, None)
 
 
-def _counts_matmul(level, lab, num_labels: int, t: int):
-    """Exact counts by a thermometer matmul (labels x pixels) @ (pixels x T*units), f32-accumulated."""
+def _counts_matmul(level, lab, num_labels: int, t: int, chunk: int = MATMUL_CHUNK):
+    """Exact counts by thermometer matmuls (labels x pixels) @ (pixels x T*units) over chunks of
+    pixels: 0/1 in bfloat16, each chunk's sums (< 2^24) exact in float32, then added as int32."""
     p, units = level.shape
-    if p >= 1 << 24:
-        raise ValueError(f"MultiThresholdTally (matmul): {p} pixels in one batch, more than float32 counts "
-                         "exactly (2^24); use smaller batches or method='histogram'")
-    multi_hot = sum(jax.nn.one_hot(lab[:, c], num_labels + 1, dtype=jnp.bfloat16) for c in range(lab.shape[1]))
-    thermo = (level[:, None, :] > jnp.arange(t, dtype=jnp.int32)[None, :, None]).astype(jnp.bfloat16)
-    thermo = thermo.reshape(p, t * units)
-    inter = jnp.dot(multi_hot[:, :num_labels].T, thermo, preferred_element_type=jnp.float32)
-    unit_area = thermo.astype(jnp.float32).sum(0)
-    return (inter.astype(jnp.int32).reshape(num_labels, t, units).transpose(1, 0, 2),
-            unit_area.astype(jnp.int32).reshape(t, units))
+    chunks = -(-p // chunk)
+    pad = chunks * chunk - p
+    level = jnp.pad(level, ((0, pad), (0, 0))).reshape(chunks, chunk, units)  # padding: level 0, off
+    lab = jnp.pad(lab, ((0, pad), (0, 0)), constant_values=num_labels).reshape(chunks, chunk, -1)
+    steps = jnp.arange(t, dtype=jnp.int32)
+
+    def body(carry, xs):
+        lev, lb = xs
+        multi_hot = sum(jax.nn.one_hot(lb[:, c], num_labels + 1, dtype=jnp.bfloat16) for c in range(lb.shape[1]))
+        thermo = (lev[:, None, :] > steps[None, :, None]).astype(jnp.bfloat16).reshape(chunk, t * units)
+        inter = jnp.dot(multi_hot[:, :num_labels].T, thermo, preferred_element_type=jnp.float32)
+        area = jnp.sum(thermo, axis=0, dtype=jnp.float32)
+        return (carry[0] + inter.astype(jnp.int32), carry[1] + area.astype(jnp.int32)), None
+
+    init = (jnp.zeros((num_labels, t * units), jnp.int32), jnp.zeros((t * units,), jnp.int32))
+    (inter, unit_area), _ = jax.lax.scan(body, init, (level, lab))
+    return inter.reshape(num_labels, t, units).transpose(1, 0, 2), unit_area.reshape(t, units)
