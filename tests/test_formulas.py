@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect.dissect.formulas import (AND, AND_NOT, OR, Beam, Formula, FormulaTally, replay_counter,
+from jaxdissect.dissect.formulas import (AND, AND_NOT, OR, Formula, FormulaTally, beam_arrays, replay_counter,
                                          search_formulas)
-from jaxdissect.stats import IoUTally
+from jaxdissect.stats import IoUTally, load, save
 from stats_helpers import assert_trees_equal, run_sharded
 
 NAMES = ["-", "water", "river", "blue", "grass", "sky", "red", "tree"]
@@ -103,12 +103,12 @@ def random_beam(rng, units, width, leaves, num_labels):
     return beams
 
 
-def test_formula_tally_counts_exactly_and_merges_over_devices():
+def test_formula_tally_counts_exactly_and_merges_over_devices(tmp_path):
     rng = np.random.default_rng(4)
     seg = scene_like(4, n=8, size=10)
     indicator = rng.random((8, 10, 10, 6)) < 0.3
     beams = random_beam(rng, 6, 3, 3, len(NAMES))
-    beam = Beam.from_formulas(beams, 3, 3)
+    beam = beam_arrays(beams, 3, 3)
     mask = np.array([True, True, False, True, True, True, True, False])
     state = FormulaTally.create(6, len(NAMES), 3).update(indicator, seg, beam, mask)
     ind, s = indicator[mask], seg[mask]
@@ -128,6 +128,8 @@ def test_formula_tally_counts_exactly_and_merges_over_devices():
     halves = FormulaTally.create(6, len(NAMES), 3).update(indicator[:4], seg[:4], beam).merge(
         FormulaTally.create(6, len(NAMES), 3).update(indicator[4:], seg[4:], beam))
     assert_trees_equal(halves, whole)
+    save(tmp_path / "formula", whole)
+    assert_trees_equal(load(tmp_path / "formula"), whole)
 
 
 def test_formula_text_and_keys():
@@ -149,4 +151,4 @@ def test_formula_text_and_keys():
         search_formulas(IoUTally.create(1, 3), lambda b: None, 0)
     with pytest.raises(ValueError, match="indicator"):
         FormulaTally.create(2, 3, 1).update(jnp.zeros((1, 2, 2, 3), bool), jnp.zeros((1, 1, 2, 2), jnp.int32),
-                                            Beam.from_formulas([[], []], 1, 1))
+                                            beam_arrays([[], []], 1, 1))

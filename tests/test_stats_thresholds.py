@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect.stats import IoUTally, MultiThresholdTally, level_index, threshold_levels
+from jaxdissect.stats import IoUTally, MultiThresholdTally, level_index, load, save, threshold_levels
 from jaxdissect.stats.thresholds import information_quality_ratio, joint_entropy, mutual_information
 from stats_helpers import assert_trees_equal, merge_all, run_sharded
 
@@ -82,6 +82,7 @@ def test_each_threshold_equals_iou_tally():
     multi = MultiThresholdTally.create(11, 13, 5).update(acts, thr, labels)
     for t in range(5):
         single = IoUTally.create(11, 13).update(acts > thr[:, t], labels)
+        assert_trees_equal(multi.at(t), single)
         np.testing.assert_array_equal(np.asarray(multi.intersection[t]), np.asarray(single.intersection))
         np.testing.assert_array_equal(np.asarray(multi.unit_area[t]), np.asarray(single.unit_area))
         np.testing.assert_array_equal(np.asarray(multi.label_area), np.asarray(single.label_area))
@@ -91,10 +92,9 @@ def test_each_threshold_equals_iou_tally():
 def test_merge_devices_and_mask_exact():
     acts, thr, labels = random_case(2, n=8)
     whole = MultiThresholdTally.create(11, 13, 5).update(acts, thr, labels)
-    for parts in (2, 4):
-        states = [MultiThresholdTally.create(11, 13, 5).update(acts[c], thr, labels[c])
-                  for c in np.array_split(np.arange(8), parts)]
-        assert_trees_equal(merge_all(states), whole)
+    states = [MultiThresholdTally.create(11, 13, 5).update(acts[c], thr, labels[c])
+              for c in np.array_split(np.arange(8), 4)]
+    assert_trees_equal(merge_all(states), whole)
     sharded = run_sharded(lambda a, l: MultiThresholdTally.create(11, 13, 5).update(a, thr, l).all_reduce("data"),
                           acts, labels)
     assert_trees_equal(sharded, whole)
@@ -105,6 +105,13 @@ def test_merge_devices_and_mask_exact():
     np.testing.assert_array_equal(np.asarray(masked.unit_area), unit_area)
     np.testing.assert_array_equal(np.asarray(masked.label_area)[1:], area[1:])
     assert int(masked.pixels) == pixels
+
+
+def test_save_and_load(tmp_path):
+    acts, thr, labels = random_case(8)
+    state = MultiThresholdTally.create(11, 13, 5).update(acts, thr, labels)
+    save(tmp_path / "multi", state)
+    assert_trees_equal(load(tmp_path / "multi"), state)
 
 
 def test_update_under_jit_with_traced_thresholds():

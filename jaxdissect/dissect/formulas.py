@@ -21,7 +21,8 @@ F AND NOT L for all labels at once, without building the candidates' masks:
     F AND L:      |u & F & L|,                                        |F & L|
     F AND NOT L:  |u & F| - |u & F & L|,                              |F| - |F & L|
 
-`FormulaTally` is a mergeable state like IoUTally (pure update, psum merge): run it sharded
+`FormulaTally` (jaxdissect.stats.formula_tally) is a mergeable state like IoUTally (pure update,
+psum merge; `beam_arrays` makes its Beam argument from Formula lists): run it sharded
 inside any pass that replays unit indicators and segmentations; `replay_counter` runs it over
 an iterable of batches on one device. The scoring and the beam live on the host (small arrays).
 """
@@ -34,15 +35,13 @@ from typing import Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from jaxdissect.stats import IoUTally
-from jaxdissect.stats._util import row_mask
-from jaxdissect.stats.counts import dedup_labels
+from jaxdissect.stats.formula_tally import AND, AND_NOT, OPS, OR, Beam, FormulaTally, formula_masks
 
-OR, AND, AND_NOT = 0, 1, 2
-OPS = ("OR", "AND", "AND NOT")
 DEFAULT_BEAM_WIDTH = 5
+__all__ = ["Formula", "FormulaResult", "search_formulas", "replay_counter", "beam_arrays", "Beam", "FormulaTally",
+           "formula_masks", "OR", "AND", "AND_NOT", "OPS", "DEFAULT_BEAM_WIDTH"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,117 +112,22 @@ class Formula:
         return mask
 
 
-@struct.dataclass
-class Beam:
-    """Each unit's beam of formulas as arrays (for the device): empty slots have length 0."""
-
-    leaves: jax.Array  # (units, beam, max_leaves) int32
-    ops: jax.Array  # (units, beam, max(max_leaves - 1, 1)) int32
-    length: jax.Array  # (units, beam) int32
-
-    @classmethod
-    def from_formulas(cls, beams: Sequence[Sequence[Formula]], beam_width: int, max_leaves: int) -> "Beam":
-        units = len(beams)
-        leaves = np.zeros((units, beam_width, max_leaves), np.int32)
-        ops = np.zeros((units, beam_width, max(max_leaves - 1, 1)), np.int32)
-        length = np.zeros((units, beam_width), np.int32)
-        for u, beam in enumerate(beams):
-            if len(beam) > beam_width:
-                raise ValueError(f"unit {u} has {len(beam)} formulas, more than the beam width {beam_width}")
-            for b, f in enumerate(beam):
-                if len(f) > max_leaves:
-                    raise ValueError(f"formula {f} is longer than {max_leaves} labels")
-                leaves[u, b, :len(f)] = f.leaves
-                ops[u, b, :len(f.ops)] = f.ops
-                length[u, b] = len(f)
-        return cls(jnp.asarray(leaves), jnp.asarray(ops), jnp.asarray(length))
-
-    @property
-    def num_units(self) -> int:
-        return self.leaves.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.leaves.shape[1]
-
-
-@struct.dataclass
-class FormulaTally:
-    """Per unit u, beam formula F and label L: |u & F & L| and |F & L| (beam, labels, units),
-    and |u & F|, |F| (beam, units). Plain integer sums: merge and psum are exact."""
-
-    unit_formula_label: jax.Array  # (beam, labels, units) int32
-    formula_label: jax.Array  # (beam, labels, units) int32
-    unit_formula: jax.Array  # (beam, units) int32
-    formula: jax.Array  # (beam, units) int32
-    pixels: jax.Array  # () int32
-
-    @classmethod
-    def create(cls, num_units: int, num_labels: int, beam_width: int = DEFAULT_BEAM_WIDTH) -> "FormulaTally":
-        z3 = lambda: jnp.zeros((beam_width, num_labels, num_units), jnp.int32)  # noqa: E731
-        z2 = lambda: jnp.zeros((beam_width, num_units), jnp.int32)  # noqa: E731
-        return cls(z3(), z3(), z2(), z2(), jnp.zeros((), jnp.int32))  # distinct buffers (donation)
-
-    @property
-    def num_labels(self) -> int:
-        return self.formula_label.shape[1]
-
-    def update(self, indicator: jax.Array, labels: jax.Array, beam: Beam, mask: jax.Array | None = None
-               ) -> "FormulaTally":
-        """Add unit indicators (N, H, W, units) bool and labels (N, channels, H, W) int for the
-        formulas of `beam`; masked images are ignored. Label ids outside [1, labels) never match."""
-        indicator = jnp.asarray(indicator)
-        labels = jnp.asarray(labels)
-        width, _, units = self.formula_label.shape
-        if indicator.ndim != 4 or indicator.shape[-1] != units:
-            raise ValueError(f"FormulaTally.update: indicator must be (N, H, W, {units}), got {indicator.shape}")
-        if labels.ndim != 4 or labels.shape[0] != indicator.shape[0] or labels.shape[2:] != indicator.shape[1:3]:
-            raise ValueError(f"FormulaTally.update: labels must be (N, channels, H, W) = ({indicator.shape[0]}, L, "
-                             f"{indicator.shape[1]}, {indicator.shape[2]}), got {labels.shape}")
-        if beam.leaves.shape[:2] != (units, width):
-            raise ValueError(f"FormulaTally.update: beam is for {beam.leaves.shape[:2]} (units, width), "
-                             f"the tally for ({units}, {width})")
-        return _formula_update(self, indicator, labels, beam, row_mask(mask, indicator.shape[0]))
-
-    def merge(self, other: "FormulaTally") -> "FormulaTally":
-        return jax.tree.map(jnp.add, self, other)
-
-    def all_reduce(self, axis_name) -> "FormulaTally":
-        return jax.tree.map(lambda a: jax.lax.psum(a, axis_name), self)
-
-
-def formula_masks(has: jax.Array, beam: Beam) -> jax.Array:
-    """has (P, labels + 1) bool per pixel and label -> (P, units, beam) bool masks of the beam's formulas."""
-    mask = has[:, beam.leaves[..., 0]]
-    for k in range(1, beam.leaves.shape[-1]):
-        x = has[:, beam.leaves[..., k]]
-        op = beam.ops[..., k - 1]
-        combined = jnp.where(op == OR, mask | x, jnp.where(op == AND, mask & x, mask & ~x))
-        mask = jnp.where(k < beam.length, combined, mask)
-    return mask & (beam.length > 0)
-
-
-@jax.jit
-def _formula_update(state: FormulaTally, indicator, labels, beam: Beam, mask) -> FormulaTally:
-    n, h, w, units = indicator.shape
-    num_labels = state.num_labels
-    width = beam.width
-    valid_px = jnp.broadcast_to(mask[:, None, None], (n, h, w)).reshape(-1)
-    lab = jnp.moveaxis(labels, 1, -1).reshape(-1, labels.shape[1]).astype(jnp.int32)
-    lab = jnp.where(valid_px[:, None], dedup_labels(lab, num_labels), num_labels)
-    has = (lab[:, :, None] == jnp.arange(num_labels + 1)[None, None, :]).any(1).at[:, num_labels].set(False)
-    f = formula_masks(has, beam) & valid_px[:, None, None]  # (P, units, beam)
-    uf = f & indicator.reshape(-1, units)[:, :, None]
-    rows = jnp.concatenate([uf, f], axis=1).reshape(f.shape[0], -1).astype(jnp.int32)  # (P, 2 * units * beam)
-    sums = jnp.zeros((num_labels, rows.shape[1]), jnp.int32)
-    for c in range(lab.shape[1]):
-        sums = sums + jax.ops.segment_sum(rows, lab[:, c], num_segments=num_labels + 1)[:num_labels]
-    sums = sums.reshape(num_labels, 2, units, width).transpose(1, 3, 0, 2)  # (2, beam, labels, units)
-    totals = rows.sum(0).reshape(2, units, width).transpose(0, 2, 1)  # (2, beam, units)
-    return FormulaTally(unit_formula_label=state.unit_formula_label + sums[0],
-                        formula_label=state.formula_label + sums[1],
-                        unit_formula=state.unit_formula + totals[0], formula=state.formula + totals[1],
-                        pixels=state.pixels + valid_px.sum(dtype=jnp.int32))
+def beam_arrays(beams: Sequence[Sequence[Formula]], beam_width: int, max_leaves: int) -> Beam:
+    """Each unit's list of formulas -> a Beam of padded arrays (for FormulaTally.update)."""
+    units = len(beams)
+    leaves = np.zeros((units, beam_width, max_leaves), np.int32)
+    ops = np.zeros((units, beam_width, max(max_leaves - 1, 1)), np.int32)
+    length = np.zeros((units, beam_width), np.int32)
+    for u, beam in enumerate(beams):
+        if len(beam) > beam_width:
+            raise ValueError(f"unit {u} has {len(beam)} formulas, more than the beam width {beam_width}")
+        for b, f in enumerate(beam):
+            if len(f) > max_leaves:
+                raise ValueError(f"formula {f} is longer than {max_leaves} labels")
+            leaves[u, b, :len(f)] = f.leaves
+            ops[u, b, :len(f.ops)] = f.ops
+            length[u, b] = len(f)
+    return Beam(jnp.asarray(leaves), jnp.asarray(ops), jnp.asarray(length))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +181,7 @@ def search_formulas(single: IoUTally, count: Callable[[Beam], FormulaTally], max
     for _ in range(max_length - 1):
         if not any(beams):
             break
-        tally = count(Beam.from_formulas([[f for f, _ in b] for b in beams], beam_width, max(max_length - 1, 1)))
+        tally = count(beam_arrays([[f for f, _ in b] for b in beams], beam_width, max(max_length - 1, 1)))
         if tally.formula_label.shape != (beam_width, num_labels, units):
             raise ValueError(f"count returned a FormulaTally of shape {tally.formula_label.shape}, expected "
                              f"{(beam_width, num_labels, units)}")

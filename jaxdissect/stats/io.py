@@ -28,10 +28,11 @@ def local_checkpointer() -> ocp.StandardCheckpointer:
 
 
 def _classes() -> dict:
-    from jaxdissect.stats import counts, moments, quantile, topk
+    from jaxdissect.stats import counts, formula_tally, moments, quantile, thresholds, topk
 
     return {c.__name__: c for c in (quantile.QuantileSketch, topk.TopK, moments.Moments,
-                                    moments.CrossCovariance, counts.Bincount, counts.IoUTally)}
+                                    moments.CrossCovariance, counts.Bincount, counts.IoUTally,
+                                    thresholds.MultiThresholdTally, formula_tally.FormulaTally)}
 
 
 def _split_fields(state):

@@ -23,7 +23,7 @@ import numpy as np
 from flax import struct
 
 from jaxdissect.stats._util import is_traced, row_mask
-from jaxdissect.stats.counts import dedup_labels
+from jaxdissect.stats.counts import IoUTally, dedup_labels
 
 DEFAULT_NUM_THRESHOLDS = 16
 DEFAULT_Q_MAX = 0.5  # loosest threshold: the unit's median
@@ -138,6 +138,11 @@ class MultiThresholdTally:
 
     def all_reduce(self, axis_name) -> "MultiThresholdTally":
         return jax.tree.map(lambda a: jax.lax.psum(a, axis_name), self)
+
+    def at(self, t: int) -> IoUTally:
+        """The IoUTally of threshold t alone (e.g. the run's own threshold, for the default labels)."""
+        return IoUTally(unit_area=self.unit_area[t], label_area=self.label_area,
+                        intersection=self.intersection[t], pixels=self.pixels)
 
     def iou(self) -> jax.Array:
         """(T, labels, units) IoU = I / (A + S - I); 0 where both areas are empty, and label 0 is 0."""
