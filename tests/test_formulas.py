@@ -103,14 +103,15 @@ def random_beam(rng, units, width, leaves, num_labels):
     return beams
 
 
-def test_formula_tally_counts_exactly_and_merges_over_devices(tmp_path):
+@pytest.mark.parametrize("max_sets", [512, 2])  # by label sets, and pixel by pixel (too many sets)
+def test_formula_tally_counts_exactly_and_merges_over_devices(tmp_path, max_sets):
     rng = np.random.default_rng(4)
     seg = scene_like(4, n=8, size=10)
     indicator = rng.random((8, 10, 10, 6)) < 0.3
     beams = random_beam(rng, 6, 3, 3, len(NAMES))
     beam = beam_arrays(beams, 3, 3)
     mask = np.array([True, True, False, True, True, True, True, False])
-    state = FormulaTally.create(6, len(NAMES), 3).update(indicator, seg, beam, mask)
+    state = FormulaTally.create(6, len(NAMES), 3).update(indicator, seg, beam, mask, max_label_sets=max_sets)
     ind, s = indicator[mask], seg[mask]
     has = lambda k: has_label(s, k) if 0 < k < len(NAMES) else np.zeros(s[:, 0].shape, bool)  # noqa: E731
     for u, b in enumerate(beams):
@@ -121,6 +122,8 @@ def test_formula_tally_counts_exactly_and_merges_over_devices(tmp_path):
                 assert state.formula_label[j, k, u] == (f & has(k)).sum()
                 assert state.unit_formula_label[j, k, u] == (f & has(k) & ind[..., u]).sum()
     assert int(state.pixels) == mask.sum() * 100
+    if max_sets == 2:
+        return
     whole = FormulaTally.create(6, len(NAMES), 3).update(indicator, seg, beam)
     sharded = run_sharded(lambda i, l: FormulaTally.create(6, len(NAMES), 3).update(i, l, beam).all_reduce("data"),
                           indicator, seg)

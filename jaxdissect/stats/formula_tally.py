@@ -10,10 +10,13 @@ Plain integer sums: merge and psum are exact.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxdissect.stats._labelsets import label_sets, membership, packable
 from jaxdissect.stats._util import row_mask
 from jaxdissect.stats.counts import dedup_labels
 
@@ -59,10 +62,13 @@ class FormulaTally:
     def num_labels(self) -> int:
         return self.formula_label.shape[1]
 
-    def update(self, indicator: jax.Array, labels: jax.Array, beam: Beam, mask: jax.Array | None = None
-               ) -> "FormulaTally":
+    def update(self, indicator: jax.Array, labels: jax.Array, beam: Beam, mask: jax.Array | None = None,
+               *, max_label_sets: int = 512) -> "FormulaTally":
         """Add unit indicators (N, H, W, units) bool and labels (N, channels, H, W) int for the
-        formulas of `beam`; masked images are ignored. Label ids outside [1, labels) never match."""
+        formulas of `beam`; masked images are ignored. Label ids outside [1, labels) never match.
+
+        Pixels are grouped by their label set (up to `max_label_sets` distinct sets per batch;
+        a batch with more is counted pixel by pixel: same result, more work)."""
         indicator = jnp.asarray(indicator)
         labels = jnp.asarray(labels)
         width, _, units = self.formula_label.shape
@@ -74,7 +80,8 @@ class FormulaTally:
         if beam.leaves.shape[:2] != (units, width):
             raise ValueError(f"FormulaTally.update: beam is for {beam.leaves.shape[:2]} (units, width), "
                              f"the tally for ({units}, {width})")
-        return _formula_update(self, indicator, labels, beam, row_mask(mask, indicator.shape[0]))
+        return _formula_update(self, indicator, labels, beam, row_mask(mask, indicator.shape[0]),
+                               max_sets=int(max_label_sets))
 
     def merge(self, other: "FormulaTally") -> "FormulaTally":
         return jax.tree.map(jnp.add, self, other)
@@ -94,24 +101,51 @@ def formula_masks(has: jax.Array, beam: Beam) -> jax.Array:
     return mask & (beam.length > 0)
 
 
-@jax.jit
-def _formula_update(state: FormulaTally, indicator, labels, beam: Beam, mask) -> FormulaTally:
+@functools.partial(jax.jit, static_argnames=("max_sets",))
+def _formula_update(state: FormulaTally, indicator, labels, beam: Beam, mask, max_sets: int) -> FormulaTally:
     n, h, w, units = indicator.shape
     num_labels = state.num_labels
-    width = beam.width
     valid_px = jnp.broadcast_to(mask[:, None, None], (n, h, w)).reshape(-1)
     lab = jnp.moveaxis(labels, 1, -1).reshape(-1, labels.shape[1]).astype(jnp.int32)
     lab = jnp.where(valid_px[:, None], dedup_labels(lab, num_labels), num_labels)
-    has = (lab[:, :, None] == jnp.arange(num_labels + 1)[None, None, :]).any(1).at[:, num_labels].set(False)
+    on = indicator.reshape(-1, units) & valid_px[:, None]
+    if packable(num_labels, lab.shape[1]):
+        groups = label_sets(lab, num_labels, max_sets)
+        sums = jax.lax.cond(groups.fits, lambda _: _counts_by_sets(on, valid_px, groups, beam, num_labels, max_sets),
+                            lambda _: _counts_by_pixels(on, valid_px, lab, beam, num_labels), None)
+    else:
+        sums = _counts_by_pixels(on, valid_px, lab, beam, num_labels)
+    ufl, fl, uf, f = sums
+    return FormulaTally(unit_formula_label=state.unit_formula_label + ufl, formula_label=state.formula_label + fl,
+                        unit_formula=state.unit_formula + uf, formula=state.formula + f,
+                        pixels=state.pixels + valid_px.sum(dtype=jnp.int32))
+
+
+def _counts_by_sets(on, valid_px, groups, beam: Beam, num_labels: int, max_sets: int):
+    """A formula's value depends on a pixel's label set only: evaluate the formulas per set, and
+    count per set the pixels and each unit's on pixels (one segment sum over the pixels)."""
+    on_per_set = jax.ops.segment_sum(on.astype(jnp.int32), groups.set_id, num_segments=max_sets)  # (M, units)
+    pixels_per_set = jax.ops.segment_sum(valid_px.astype(jnp.int32), groups.set_id, num_segments=max_sets)  # (M,)
+    has = membership(groups.labels, num_labels)  # (M, labels + 1)
+    f = formula_masks(has, beam).astype(jnp.int32)  # (M, units, beam)
+    x = has[:, :num_labels].astype(jnp.int32)
+    uf_set = f * on_per_set[:, :, None]  # (M, units, beam): on pixels of unit u in set m, if F holds there
+    f_set = f * pixels_per_set[:, None, None]
+    ufl = jnp.einsum("mub,ml->blu", uf_set, x, preferred_element_type=jnp.int32)
+    fl = jnp.einsum("mub,ml->blu", f_set, x, preferred_element_type=jnp.int32)
+    return ufl, fl, uf_set.sum(0).T, f_set.sum(0).T
+
+
+def _counts_by_pixels(on, valid_px, lab, beam: Beam, num_labels: int):
+    """Per pixel: the formulas' masks, then one segment sum per channel."""
+    units, width = beam.num_units, beam.width
+    has = membership(lab, num_labels)  # (P, labels + 1)
     f = formula_masks(has, beam) & valid_px[:, None, None]  # (P, units, beam)
-    uf = f & indicator.reshape(-1, units)[:, :, None]
+    uf = f & on[:, :, None]
     rows = jnp.concatenate([uf, f], axis=1).reshape(f.shape[0], -1).astype(jnp.int32)  # (P, 2 * units * beam)
     sums = jnp.zeros((num_labels, rows.shape[1]), jnp.int32)
     for c in range(lab.shape[1]):
         sums = sums + jax.ops.segment_sum(rows, lab[:, c], num_segments=num_labels + 1)[:num_labels]
     sums = sums.reshape(num_labels, 2, units, width).transpose(1, 3, 0, 2)  # (2, beam, labels, units)
     totals = rows.sum(0).reshape(2, units, width).transpose(0, 2, 1)  # (2, beam, units)
-    return FormulaTally(unit_formula_label=state.unit_formula_label + sums[0],
-                        formula_label=state.formula_label + sums[1],
-                        unit_formula=state.unit_formula + totals[0], formula=state.formula + totals[1],
-                        pixels=state.pixels + valid_px.sum(dtype=jnp.int32))
+    return sums[0], sums[1], totals[0], totals[1]

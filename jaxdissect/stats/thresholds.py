@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxdissect.stats._labelsets import add_into_labels, label_sets, packable
 from jaxdissect.stats._util import is_traced, row_mask
 from jaxdissect.stats.counts import IoUTally, dedup_labels
 
@@ -277,38 +278,21 @@ def _counts_histogram(level: Callable[[], jax.Array], lab, num_labels: int, t: i
         inter = _exceedance(inter.reshape(radix, levels, units)[:num_labels, 1:])
         return inter.transpose(1, 0, 2), _exceedance(hist.reshape(levels, units)[1:])
 
-    if radix ** channels >= 2 ** 31 or channels == 1:
+    if not packable(num_labels, channels):
         return by_channels(None)
-
-    # Group pixels by their label tuple, packed into one int32 key: a sort finds the distinct
-    # tuples (label sets), a binary search gives each pixel its set.
-    key = lab[:, 0]
-    for c in range(1, channels):
-        key = key * radix + lab[:, c]
-    ordered = jnp.sort(key)
-    new = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
-    rank = jnp.cumsum(new, dtype=jnp.int32) - 1
-    num_sets = rank[-1] + 1
-    none_key = sum(num_labels * radix ** c for c in range(channels))  # the tuple of "no label" in every channel
-    sets = jnp.full((max_sets,), jnp.iinfo(jnp.int32).max, jnp.int32).at[rank].set(ordered, mode="drop")
+    groups = label_sets(lab, num_labels, max_sets)
     # The bin of every (pixel, unit): (label set, level, unit). Computed here, outside the cond,
     # XLA makes it a (pixels, units) array: fused into the scatter (whose indices are flat) the
     # level comparisons would not vectorize on CPU.
-    set_id = jnp.minimum(jnp.searchsorted(sets, key), max_sets - 1).astype(jnp.int32)
-    set_bins = (set_id[:, None] * levels + level()) * units + units_idx
+    set_bins = (groups.set_id[:, None] * levels + level()) * units + units_idx
 
     def by_sets(_):
         hist = jnp.zeros((max_sets * levels * units,), jnp.int32).at[set_bins].add(1)
         hist = hist.reshape(max_sets, levels, units)[:, 1:].reshape(max_sets, t * units)
-        inter = jnp.zeros((radix, t * units), jnp.int32)
-        rest = jnp.where(sets == jnp.iinfo(jnp.int32).max, none_key, sets)  # unused slots (empty) -> no label
-        for c in reversed(range(channels)):  # the set's label in channel c is one radix digit of its key
-            inter = inter + jax.ops.segment_sum(hist, rest % radix, num_segments=radix)
-            rest = rest // radix
-        inter = _exceedance(inter[:num_labels].reshape(num_labels, t, units))
+        inter = _exceedance(add_into_labels(hist, groups.labels, num_labels).reshape(num_labels, t, units))
         return inter.transpose(1, 0, 2), _exceedance(hist.sum(0).reshape(t, units))
 
-    return jax.lax.cond(num_sets <= max_sets, by_sets, by_channels, None)
+    return jax.lax.cond(groups.fits, by_sets, by_channels, None)
 
 
 def _counts_matmul(level, lab, num_labels: int, t: int, chunk: int = MATMUL_CHUNK):
