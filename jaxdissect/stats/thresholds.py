@@ -126,9 +126,10 @@ class MultiThresholdTally:
                 bad = sorted(set(np.nonzero((np.diff(thr, axis=1) < 0).any(1))[0].tolist()))[:10]
                 raise ValueError(f"MultiThresholdTally.update: thresholds must not decrease along T "
                                  f"(units {bad} do); pass quantiles at ascending levels")
-        if (self.num_labels + 1) * (t + 1) * max(units, 1) >= 2 ** 31:
-            raise ValueError(f"MultiThresholdTally: {self.num_labels} labels x {t + 1} levels x {units} units "
-                             "are too many bins for int32 indices; tally fewer units at a time")
+        if max(self.num_labels + 1, max_label_sets) * (t + 1) * max(units, 1) >= 2 ** 31:
+            raise ValueError(f"MultiThresholdTally: {max(self.num_labels + 1, max_label_sets)} labels (or label "
+                             f"sets) x {t + 1} levels x {units} units are too many bins for int32 indices; "
+                             "tally fewer units at a time")
         if method == "auto":
             method = "matmul" if jax.default_backend() == "tpu" else "histogram"
         return _update(self, activations, thresholds, labels, row_mask(mask, activations.shape[0]),
