@@ -185,6 +185,7 @@ def test_information_measures_equal_the_original_formulas():
     assert (mi[:, 1:6] > 1e-3).any() and (mi[:, 6:] == 0).all()
     np.testing.assert_allclose(np.asarray(state.iou())[:, 1:], np.nan_to_num(iou)[:, 1:], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(state.mutual_information())[:, 1:], mi[:, 1:], rtol=1e-4, atol=2e-6)
+    np.testing.assert_array_equal(np.asarray(state.mi()), np.asarray(state.mutual_information()))
     np.testing.assert_allclose(np.asarray(state.joint_entropy())[:, 1:], h[:, 1:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.iqr())[:, 1:], iqr[:, 1:], rtol=1e-4, atol=2e-6)
     assert np.asarray(state.iqr())[:, 0].max() == 0  # label 0 is never a label

@@ -167,6 +167,10 @@ class MultiThresholdTally:
         """(T, labels, units) mutual information (nats) between the unit being on and the label; label 0 is 0."""
         return mutual_information(self.table()).at[:, 0].set(0.0)
 
+    def mi(self) -> jax.Array:
+        """Short for mutual_information()."""
+        return self.mutual_information()
+
     def joint_entropy(self) -> jax.Array:
         """(T, labels, units) joint entropy (nats) of (unit on, label); label 0 is 0."""
         return joint_entropy(self.table()).at[:, 0].set(0.0)
