@@ -90,7 +90,7 @@ def speed(run: DefaultRun, repeats: int) -> None:
                                                          up, thr, seg, repeats=repeats)),
             ("IoU pass step: upsample + threshold + IoUTally", timed(iou_step, stats.IoUTally.create(u, n_lab), acts,
                                                                      thr[:, t_run], seg, repeats=repeats)),
-            (f"multi-threshold step: upsample + MultiThresholdTally", timed(
+            ("multi-threshold step: upsample + MultiThresholdTally", timed(
                 multi_step, stats.MultiThresholdTally.create(u, n_lab, t), acts, thr, seg, repeats=repeats))]
     print(f"devices: {jax.devices()}")
     print(f"one batch of the default run: {acts.shape[0]} images, {u} units at {acts.shape[1]}x{acts.shape[2]} "
