@@ -16,9 +16,11 @@ import orbax.checkpoint as ocp
 from jaxdissect.atomic import atomic_directory, existing_version
 from jaxdissect.stats.agreement import MaskAgreement
 from jaxdissect.stats.counts import Bincount, IoUTally, UnitCounts
+from jaxdissect.stats.formula_tally import FormulaTally
 from jaxdissect.stats.moments import CrossCovariance, Moments
 from jaxdissect.stats.quantile import QuantileSketch
 from jaxdissect.stats.refine import QuantileRefinement
+from jaxdissect.stats.thresholds import MultiThresholdTally
 from jaxdissect.stats.topk import TopK
 
 _META = "meta.json"
@@ -34,7 +36,8 @@ def local_checkpointer() -> ocp.StandardCheckpointer:
 
 
 _STATE_CLASSES = {c.__name__: c for c in (QuantileSketch, TopK, Moments, CrossCovariance, Bincount, IoUTally,
-                                          QuantileRefinement, UnitCounts, MaskAgreement)}
+                                          QuantileRefinement, UnitCounts, MaskAgreement, MultiThresholdTally,
+                                          FormulaTally)}
 
 
 def register_state_class(cls: type) -> type:
