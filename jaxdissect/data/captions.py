@@ -356,6 +356,17 @@ def concept_phrases(comp: Composition) -> list[str]:
     return list(dict.fromkeys(o for o in out if o and "None" not in o))
 
 
+def default_concepts(n: int = 2000, seed: int = 0) -> tuple[str, ...]:
+    """The scenes world's default concept list: every phrase `concept_phrases` finds in the
+    first n train scenes; single label names first (in SCENE_LABELS order), then the two-word
+    phrases alphabetically. jaxdissect/data/scene_concepts.txt is this list."""
+    found: set[str] = set()
+    for i in range(n):
+        found.update(concept_phrases(render_with_composition(seed, "train", i)[2]))
+    singles = [name for name in SCENE_LABELS.names[1:] if name in found]
+    return tuple(singles + sorted(p for p in found if " " in p))
+
+
 def caption(comp: Composition, rng: np.random.Generator, max_words: int = 30, bare: float = 0.15) -> str:
     """One random caption of `comp`: some of what is visible, in one of several word orders,
     with synonyms; everything it names is in the scene. At most `max_words` words. With
@@ -434,5 +445,6 @@ def check_words(phrases: Iterable[str], vocabulary: Sequence[str] = VOCABULARY) 
 
 
 __all__ = ["Composition", "Thing", "Part", "render_with_composition", "caption", "full_caption", "concept_phrases",
+           "default_concepts",
            "VOCABULARY",
            "tokenize_words", "check_words"]

@@ -206,9 +206,10 @@ class ClipTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (start/end tokens kept as written); a word end becomes a space."""
         text = "".join(self.decoder[int(i)] for i in ids)
-        raw = bytearray(self.byte_decoder[c] for c in text.replace("</w>", " ") if c in self.byte_decoder)
-        return raw.decode("utf-8", errors="replace").replace("  ", " ").strip()
+        raw = bytearray(self.byte_decoder[c] for c in text)  # '<', '/', 'w', '>' are bytes too
+        return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
     def __call__(self, texts: Sequence[str] | str, context_length: int = 77, truncate: bool = False) -> np.ndarray:
         """(N, context_length) int32: <|startoftext|>, the text's tokens, <|endoftext|>, zeros.

@@ -1,8 +1,8 @@
 """`toy_clip`: a small CLIP of the scenes world, shipped with weights trained contrastively on
 captions written from each scene's exact composition (jaxdissect.data.captions).
 
-- `visual`: a small CNN (conv1 .. conv6, 3x3, ReLU; stride 2 at conv2, conv3, conv5) over
-  64x64 images in [-1, 1], global mean and max pooling, then `proj` to the joint space.
+- `visual`: a small CNN over 64x64 images in [-1, 1]: 4x4 patches (conv1), four 3x3 convs
+  (conv2 .. conv5, two with stride 2), global mean and max pooling, then `proj`.
 - `text`: CLIP's text transformer (token_embedding, positional_embedding,
   transformer.resblocks.N, ln_final, text_projection; causal, pooled at the end-of-text token)
   over a word vocabulary, or with `text_encoder='bow'` a bag of words (mean of the word
@@ -25,8 +25,8 @@ from jaxdissect.models.clip import TextTransformer
 
 IMAGE_SIZE = 64
 CONTEXT_LENGTH = 32
-DEFAULT_CONFIG = {"widths": [16, 32, 64, 128], "embed_dim": 128, "text_width": 96, "text_layers": 2,
-                  "text_heads": 4, "text_encoder": "transformer", "context_length": CONTEXT_LENGTH,
+DEFAULT_CONFIG = {"widths": [32, 64, 128], "embed_dim": 128, "text_width": 64, "text_layers": 2,
+                  "text_heads": 2, "text_encoder": "transformer", "context_length": CONTEXT_LENGTH,
                   "vocabulary": list(VOCABULARY), "image_size": IMAGE_SIZE}
 
 
@@ -64,14 +64,17 @@ class ToyTokenizer:
 
 
 class ToyVisual(nn.Module):
+    """4x4 patches (conv1, stride 4), then 3x3 convs: conv2 (stride 2), conv3, conv4 (stride 2),
+    conv5; ReLU after each; global mean and max pooling; `proj` to the joint space."""
+
     widths: Sequence[int]
     embed_dim: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.widths
-        plan = [(w[0], 1), (w[1], 2), (w[2], 2), (w[2], 1), (w[3], 2), (w[3], 1)]
-        for i, (ch, stride) in enumerate(plan, 1):
+        x = nn.relu(nn.Conv(w[0], (4, 4), strides=(4, 4), padding="VALID", name="conv1")(x))
+        for i, (ch, stride) in enumerate([(w[1], 2), (w[1], 1), (w[2], 2), (w[2], 1)], 2):
             x = nn.relu(nn.Conv(ch, (3, 3), strides=(stride, stride), padding=1, name=f"conv{i}")(x))
         x = jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=-1)
         return nn.Dense(self.embed_dim, name="proj")(x)
@@ -99,11 +102,11 @@ class ToyCLIP(nn.Module):
     tokens=None) -> (image features, text features); features are not normalized."""
 
     vocab_size: int
-    widths: Sequence[int] = (16, 32, 64, 128)
+    widths: Sequence[int] = (32, 64, 128)
     embed_dim: int = 128
-    text_width: int = 96
+    text_width: int = 64
     text_layers: int = 2
-    text_heads: int = 4
+    text_heads: int = 2
     text_encoder: str = "transformer"
     context_length: int = CONTEXT_LENGTH
 
@@ -146,5 +149,5 @@ def build_toy_clip(config: Mapping[str, Any]) -> ToyCLIP:
 TOY_CLIP_SPEC = registry.register(registry.ModelSpec(
     name="toy_clip", kind="clip", build=build_toy_clip, default_config=dict(DEFAULT_CONFIG),
     input_size=(IMAGE_SIZE, IMAGE_SIZE), normalization={"range": (-1, 1)},
-    default_layer="visual.conv6", layer_names=tuple(f"visual.conv{i}" for i in range(1, 7)),
+    default_layer="visual.conv5", layer_names=tuple(f"visual.conv{i}" for i in range(1, 6)),
     packaged_weights="weights/toy_clip"))
