@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--cache", default=None, help="folder to cache the rendered scenes and compositions (.pkl)")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--train-size", type=int, default=8000)
