@@ -2,7 +2,7 @@
 
     python scripts/train_toy_clip.py --seed 0                       (train, measure, ship)
     python scripts/train_toy_clip.py --seed 0 --measure-only        (measure the shipped weights)
-    python scripts/train_toy_clip.py --seed 0 --text-encoder bow --out /tmp/bow   (the comparison)
+    python scripts/train_toy_clip.py --seed 0 --text-encoder bow --out OTHER_DIR   (the comparison)
 
 Images are the train split's scenes, box-downsampled to 64x64; each step pairs every image of
 the batch with a fresh random caption of its exact composition (jaxdissect.data.captions) and
