@@ -13,7 +13,7 @@ import numpy as np
 from weight_conversion import cache
 from weight_conversion.download import check_hash, download, file_hashes
 from weight_conversion.errors import DownloadError, KeyMapError
-from weight_conversion.pth_reader import read_pth
+from weight_conversion.torchscript import read_checkpoint
 
 if TYPE_CHECKING:  # the registry imports jax; keep read_pth's import path light
     from jaxdissect.models.registry import ModelSpec
@@ -125,7 +125,7 @@ def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = Non
     if pth_path is None:
         pth_path, source_url = fetch_checkpoint(spec), spec.url
     pth_path = os.fspath(pth_path)
-    state = read_pth(pth_path)
+    state = read_checkpoint(pth_path)  # a .pth, or a TorchScript archive (OpenAI's CLIP files)
     variables, config = convert_state(spec, state)
     _, sha256 = file_hashes(pth_path)
     save_weights(out_dir, model_name, variables, config, source=os.path.basename(pth_path),

@@ -47,6 +47,10 @@ class Canvas:
         self.smooth = value_noise(rng, size, 6 * s)
         self.coarse = value_noise(rng, size, 20 * s)
 
+    def begin(self, what: str) -> None:
+        """Called before each region or object of a scene is drawn: a no-op here, a hook for
+        subclasses that record what is drawn (see scenes.draw_scene)."""
+
     def box(self, y0: float, y1: float, x0: float, x1: float) -> tuple[int, int, int, int] | None:
         """Integer box covering [y0, y1) x [x0, x1) clipped to the image; None when empty."""
         b = (max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), self.size),

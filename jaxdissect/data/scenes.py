@@ -23,7 +23,7 @@ from jaxdissect.data.scene_styles import STYLES, SceneStyle
 SCENE_CLASSES = ("street", "highway", "park", "village", "forest", "harbour", "beach", "lake")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CHANNELS = ("object", "part", "material", "color")
-__all__ = ["Scenes", "render_scene", "scene_class_of", "objects_present", "SCENE_CLASSES", "SCENE_LABELS",
+__all__ = ["Scenes", "render_scene", "draw_scene", "scene_class_of", "objects_present", "SCENE_CLASSES", "SCENE_LABELS",
            "SPLITS", "CHANNELS", "OBJECTS", "PARTS", "MATERIALS", "COLORS"]
 
 
@@ -120,6 +120,35 @@ def _style_name(stylized: bool | str) -> str | None:
     return stylized
 
 
+def draw_scene(seed: int, split: str, index: int, image_size: int = 128, stylized: bool | str = False,
+               style_seed: int = 0, canvas_type: type[Canvas] = Canvas) -> Canvas:
+    """The drawn canvas of image `index` of (seed, split). `stylized`: the same scene with other
+    surfaces (see `render_scene`). `canvas_type` may be a Canvas subclass that observes the
+    drawing: `begin(what)` is called before the sky, the mountains, each ground band and each
+    object (jaxdissect.data.captions records each scene's composition this way)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    ss = np.random.SeedSequence([int(seed), SPLITS[split], int(index)])
+    rng = np.random.Generator(np.random.PCG64(ss))
+    style = _style_name(stylized)
+    restyle = SceneStyle(style_rng(seed, split, index, style_seed), style) if style else None
+    canvas = canvas_type(image_size, rng, restyle)
+    cls = SCENE_CLASSES[int(rng.integers(len(SCENE_CLASSES)))]
+    hz = rng.uniform(0.3, 0.5) * image_size
+    bands, mountains, items = _compose(rng, cls, image_size, hz)
+    canvas.begin("sky")
+    draw_sky(canvas, hz, rng)
+    canvas.begin("mountains")
+    draw_mountains(canvas, hz, rng, mountains)
+    for kind, y0, y1 in bands:
+        canvas.begin(kind)
+        draw_ground(canvas, kind, y0, y1, rng)
+    for kind, by, cx, p in items:
+        canvas.begin(kind)
+        DRAW[kind](canvas, by, cx, p, rng)
+    return canvas
+
+
 def render_scene(seed: int, split: str, index: int, image_size: int = 128, stylized: bool | str = False,
                  style_seed: int = 0):
     """Image `index` of (seed, split): (uint8 image HxWx3, int32 segmentation (4,H,W), scene class).
@@ -127,22 +156,7 @@ def render_scene(seed: int, split: str, index: int, image_size: int = 128, styli
     `stylized`: the same scene with other surfaces (object and part channels unchanged): True or
     'all' (materials and colours), 'materials' or 'colors' only; each `style_seed` gives another
     stylization."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
-    ss = np.random.SeedSequence([int(seed), SPLITS[split], int(index)])
-    rng = np.random.Generator(np.random.PCG64(ss))
-    style = _style_name(stylized)
-    restyle = SceneStyle(style_rng(seed, split, index, style_seed), style) if style else None
-    canvas = Canvas(image_size, rng, restyle)
-    cls = SCENE_CLASSES[int(rng.integers(len(SCENE_CLASSES)))]
-    hz = rng.uniform(0.3, 0.5) * image_size
-    bands, mountains, items = _compose(rng, cls, image_size, hz)
-    draw_sky(canvas, hz, rng)
-    draw_mountains(canvas, hz, rng, mountains)
-    for kind, y0, y1 in bands:
-        draw_ground(canvas, kind, y0, y1, rng)
-    for kind, by, cx, p in items:
-        DRAW[kind](canvas, by, cx, p, rng)
+    canvas = draw_scene(seed, split, index, image_size, stylized, style_seed)
     image = np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8)
     return image, canvas.seg, scene_class_of(objects_present(canvas.seg))
 

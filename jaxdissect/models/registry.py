@@ -120,6 +120,7 @@ _BUILTIN_MODULES = (
     "jaxdissect.models.proggan",
     "jaxdissect.models.toy",
     "jaxdissect.models.segmenter_nets",
+    "jaxdissect.models.toy_clip", "jaxdissect.models.clip",
 )
 _builtins_loaded = False
 
