@@ -8,6 +8,7 @@ the reason in Batch.errors. `parse_broden_name('broden:PATH')` -> PATH for `--da
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Sequence
 
@@ -51,6 +52,24 @@ class BrodenSource:
 
     def __len__(self) -> int:
         return self.size
+
+    def identity(self) -> dict:
+        """The folder's tables (their bytes) and every listed file's size and time, the split,
+        the categories, the image size and the number of samples."""
+        h = hashlib.sha256()
+        folder = self.dataset.directory
+        for table in sorted(f for f in os.listdir(folder) if f.endswith(".csv")):
+            with open(os.path.join(folder, table), "rb") as f:
+                h.update(table.encode() + b"|" + f.read())
+        for record in self.dataset.records[:self.size]:
+            for value in record.values():
+                for name in str(value).split(";"):
+                    path = os.path.join(folder, "images", name)
+                    if name and os.path.isfile(path):
+                        st = os.stat(path)
+                        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        return {"kind": "broden", "contents": h.hexdigest(), "categories": list(self.dataset.categories),
+                "image_size": list(self.image_size), "size": self.size}
 
     def _class(self, i: int) -> int:
         """The index in `classes` of the image's first scene label; -1 without one."""

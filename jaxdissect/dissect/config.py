@@ -7,6 +7,8 @@ import os
 
 from jaxdissect.array_cache import DTYPES
 from jaxdissect.cli import ConfigError, flag_name, option
+from jaxdissect.dissect.clip_scores import SCORE_FUNCTIONS
+from jaxdissect.dissect.labelling import RULES
 
 MODEL_ALIASES = {"alexnet": "alexnet_places", "vgg16": "vgg16_places", "resnet152": "resnet152_places"}
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
@@ -49,6 +51,27 @@ class DissectConfig:
                               "dissection then measures the rounded activations)", choices=CACHE_DTYPES)
     overwrite: bool = option(False, "replace finished results in the results folder that were made with other "
                              "settings (stages whose settings did not change are kept)")
+    label_rule: str = option("iou", "how a unit's label is chosen: iou (best IoU at the run's threshold, the "
+                             "original's rule), iou-best (each label at its own best threshold), iqr (information "
+                             "quality ratio), mi (mutual information); the last three pick each label's best of the "
+                             "--label-levels thresholds", choices=RULES)
+    label_levels: int = option(16, "threshold levels tallied per unit for the labelling rules and the report's "
+                               "IoU-versus-threshold curves (top fractions from 0.5 down to 0.0005, the run's "
+                               "--quantile among them)")
+    formula_length: int = option(1, "also label each unit with the best formula of up to N concepts joined by AND, OR, "
+                                 "AND NOT (compositional explanations; 1 = off)")
+    beam_width: int = option(5, "formulas kept per unit at each step of the formula search")
+    label_source: str = option("segmentation", "'clip' also names each unit with a phrase (CLIP-Dissect): the "
+                               "phrase whose CLIP image-text similarity over the images best matches the unit's "
+                               "activations", choices=("segmentation", "clip"))
+    concepts: str | None = option(None, "with --label-source clip: a file of candidate phrases, one a line "
+                                  "(default: the scenes world's concept list)")
+    clip_model: str | None = option(None, "with --label-source clip: toy_clip or clip_vit_b32 (default: toy_clip for "
+                                    "the scenes world, clip_vit_b32 otherwise)", choices=("toy_clip", "clip_vit_b32"))
+    clip_method: str = option("soft_wpmi", "with --label-source clip: how a unit's activations are matched to a "
+                              "phrase's similarities (soft_wpmi is CLIP-Dissect's)", choices=tuple(SCORE_FUNCTIONS))
+    clip_summary: str = option("mean", "with --label-source clip: a unit's number per image, its spatial mean "
+                               "(CLIP-Dissect's) or its peak", choices=("mean", "max"))
     checkpoint_seconds: float = option(120.0, "seconds between checkpoints of a pass")
     checkpoint_every: int | None = option(None, "checkpoint every N batches instead (overrides --checkpoint-seconds)")
     progress: bool = option(True, "no progress bars (the summary is still printed)", flags=("--no-progress",))
@@ -77,6 +100,19 @@ class DissectConfig:
             raise ConfigError("--resolution", f"must be a power of two in [1, 65536], got {r!r}")
         if self.cache_dtype not in CACHE_DTYPES or self.cache_dtype not in DTYPES:
             raise ConfigError("--cache-dtype", f"must be one of {', '.join(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        _positive("--label-levels", self.label_levels, high=64)
+        _positive("--formula-length", self.formula_length, high=10)
+        _positive("--beam-width", self.beam_width, high=100)
+        if self.label_rule not in RULES:
+            raise ConfigError("--label-rule", f"must be one of {', '.join(RULES)}, got {self.label_rule!r}")
+        if self.label_source not in ("segmentation", "clip"):
+            raise ConfigError("--label-source", f"must be segmentation or clip, got {self.label_source!r}")
+        if self.label_source != "clip" and (self.concepts or self.clip_model):
+            raise ConfigError("--concepts" if self.concepts else "--clip-model", "needs --label-source clip")
+        if self.concepts is not None and not os.path.isfile(self.concepts):
+            raise ConfigError("--concepts", f"no such file: {self.concepts!r}")
+        if self.clip_method not in SCORE_FUNCTIONS:
+            raise ConfigError("--clip-method", f"must be one of {', '.join(SCORE_FUNCTIONS)}, got {self.clip_method!r}")
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError("--layers", f"a layer is named twice: {list(self.layers)}")
         _check_outdir(self.outdir)

@@ -241,3 +241,23 @@ def replay_counter(batches: Callable[[], Iterable[tuple]], num_labels: int, beam
         return state
 
     return count
+
+
+def formula_result_json(result: FormulaResult) -> dict:
+    """A FormulaResult as JSON data (formulas as label ids and operators, IoUs as floats)."""
+    def f(formula):
+        return None if formula is None else {"leaves": list(formula.leaves), "ops": list(formula.ops)}
+
+    return {"formulas": [f(x) for x in result.formulas], "iou": [float(v) for v in result.iou],
+            "single_label": [int(v) for v in result.single_label], "single_iou": [float(v) for v in result.single_iou],
+            "beams": [[{"formula": f(x), "iou": float(s)} for x, s in beam] for beam in result.beams]}
+
+
+def formula_result_from_json(data: dict) -> FormulaResult:
+    """The inverse of `formula_result_json`."""
+    def f(d):
+        return None if d is None else Formula(tuple(d["leaves"]), tuple(d["ops"]))
+
+    return FormulaResult([f(x) for x in data["formulas"]], np.asarray(data["iou"], np.float64),
+                         np.asarray(data["single_label"], np.int32), np.asarray(data["single_iou"], np.float64),
+                         [[(f(b["formula"]), float(b["iou"])) for b in beam] for beam in data["beams"]])

@@ -63,16 +63,31 @@ def unit_strips(run, result, act_stats) -> dict[int, np.ndarray]:
 
 
 def unit_records(result, top_labels: int = 3) -> list[dict]:
-    """The per-unit entries of report.json (the original's keys plus threshold and top labels)."""
+    """The per-unit entries of report.json: the original's keys (label and IoU under the run's
+    labelling rule) plus the run's threshold, the top labels at that threshold, the rule's score
+    and threshold, the IoU-versus-threshold curves of the top labels, and the formula and
+    open-vocabulary phrase when they were asked for."""
     units = []
+    names, cats = result.label_names, result.label_categories
     for u in range(len(result.best_label)):
         order = np.argsort(-result.iou[:, u], kind="stable")
-        tops = [{"label": result.label_names[l], "cat": result.label_categories[l], "iou": float(result.iou[l, u])}
-                for l in order if l != 0][:top_labels]
+        tops = [{"label": names[l], "cat": cats[l], "iou": float(result.iou[l, u])}
+                for l in order if l != 0 and result.iou[l, u] > 0][:top_labels]
         b = int(result.best_label[u])
-        units.append({"image": f"image/unit{u}.jpg", "unit": u, "iou": float(result.best_iou[u]),
-                      "label": result.label_names[b], "cat": result.label_categories[b],
-                      "threshold": float(result.thresholds[u]), "top_labels": tops})
+        rec = {"image": f"image/unit{u}.jpg", "unit": u, "iou": float(result.best_iou[u]), "label": names[b],
+               "cat": cats[b], "threshold": float(result.thresholds[u]), "top_labels": tops}
+        if result.label_score is not None:
+            rec["score"] = float(result.label_score[u])
+            rec["label_threshold"] = float(result.label_threshold[u])
+        if result.curves is not None:
+            rec["curves"] = [{"label": names[int(l)], "iou": [round(float(v), 5) for v in result.curves[u, k]]}
+                             for k, l in enumerate(result.curve_labels[u]) if int(l) != 0]
+        if result.formulas is not None:
+            rec["formula"] = result.formulas[u]
+            rec["formula_iou"] = float(result.formula_iou[u])
+        if result.clip is not None:
+            rec.update(result.clip[u])
+        units.append(rec)
     return units
 
 
@@ -99,7 +114,7 @@ def report_header(run, layer: str, skipped: dict) -> dict:
             "image": "concepts.svg", "model": run.model.name, "layer": layer, "dataset": run.dataset,
             "seg": run.seg_name, "seg_description": SEGMENTER_DESCRIPTIONS.get(run.seg_name, f"the {run.seg_name} segmenter"),
             "quantile": cfg.quantile, "miniou": cfg.miniou, "samples": run.num_samples, "topk": cfg.topk,
-            "top_images": cfg.strip_images, "skipped_images": skipped}
+            "top_images": cfg.strip_images, "label_rule": cfg.label_rule, "skipped_images": skipped}
 
 
 def write_layer_outputs(run, result, act_stats, skipped: dict, log: Callable[[str], None] = print) -> None:
@@ -110,6 +125,12 @@ def write_layer_outputs(run, result, act_stats, skipped: dict, log: Callable[[st
     svg = concept_bargraph_svg(result.unit_labels(), min_iou=cfg.miniou)
     atomic_write_text(os.path.join(d, "concepts.svg"), svg)
     header = report_header(run, result.layer, skipped)
+    if result.levels is not None:
+        header["levels"] = [float(v) for v in result.levels]
+    if result.formulas is not None:
+        header.update(formula_length=cfg.formula_length, beam_width=cfg.beam_width)
+    if result.clip_header is not None:
+        header.update(result.clip_header, clip_summary=cfg.clip_summary)
     units = unit_records(result)
     write_report_json(os.path.join(d, "report.json"), header, units)
     write_report_html(os.path.join(d, "report.html"), make_report(header, units),

@@ -8,6 +8,7 @@ that say what made each stored thing. It is frozen: the stages read it, never ch
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from typing import Any, Callable, Mapping
@@ -21,6 +22,8 @@ from jaxdissect import parallel
 from jaxdissect.array_cache import ArrayCache, cache_bytes
 from jaxdissect.capture import capture_fn, valid_layer_names
 from jaxdissect.cli import ConfigError, UserError
+from jaxdissect.data.broden_source import BrodenSource, parse_broden_name
+from jaxdissect.data.paired import STYLIZED_SCENES, StylizedScenesSource
 from jaxdissect.data.places import ensure_places_val
 from jaxdissect.data.tfds_images import parse_tfds_name
 from jaxdissect.dissect import identity, sources
@@ -205,13 +208,35 @@ class DissectRun:
     def iou_fingerprint(self, layer: str) -> dict:
         return {"stage": "iou", "thresholds": fp.digest(self.thresholds_fingerprint(layer)),
                 "seg": self.fingerprints["seg"], "labels": identity.labels_digest(self.labels),
-                "downsample": self.downsample}
+                "downsample": self.downsample, "levels": self.config.label_levels}
+
+    def formulas_fingerprint(self, layer: str) -> dict:
+        c = self.config
+        return {"stage": "formulas", "iou": fp.digest(self.iou_fingerprint(layer)), "length": c.formula_length,
+                "beam": c.beam_width}
+
+    def clip_fingerprint(self, layer: str) -> dict:
+        c = self.config
+        concepts = None
+        if c.concepts is not None:
+            with open(c.concepts, "rb") as f:
+                concepts = hashlib.sha256(f.read()).hexdigest()
+        return {"stage": "clip", "activations": fp.digest(self.activations_fingerprint(layer)),
+                "model": self.clip_model, "method": c.clip_method, "summary": c.clip_summary, "concepts": concepts}
+
+    @property
+    def clip_model(self) -> str:
+        c = self.config
+        return c.clip_model or ("toy_clip" if self.dataset == "scenes" or self.dataset in STYLIZED_SCENES
+                                else "clip_vit_b32")
 
     def result_fingerprint(self, layer: str) -> dict:
         """What the finished results folder of `layer` (reports, thumbnails) depends on."""
         c = self.config
         return {"stage": "result", "iou": fp.digest(self.iou_fingerprint(layer)), "miniou": c.miniou,
-                "thumbsize": c.thumbsize, "strip_images": c.strip_images,
+                "thumbsize": c.thumbsize, "strip_images": c.strip_images, "rule": c.label_rule,
+                "formulas": fp.digest(self.formulas_fingerprint(layer)) if c.formula_length > 1 else None,
+                "clip": fp.digest(self.clip_fingerprint(layer)) if c.label_source == "clip" else None,
                 "summary": {"model": self.model.name, "layer": layer, "dataset": self.dataset, "seg": self.seg_name,
                             "samples": self.num_samples, "quantile": c.quantile, "weights":
                             self.fingerprints["model"]["weights"][:16]}}
@@ -224,6 +249,13 @@ class DissectRun:
         return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "activations"), self.num_samples,
                                self.geometry[layer].shape, self.config.cache_dtype,
                                self.activations_fingerprint(layer), replace_stale=True)
+
+    def peaks_cache(self, layer: str) -> ArrayCache:
+        """Each image's peak activation of every unit of `layer` (N, units), in its results folder:
+        small, always kept (open-vocabulary labels and class selectivity read it)."""
+        return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "peaks"), self.num_samples,
+                               (self.geometry[layer].units,), "float32", self.activations_fingerprint(layer),
+                               replace_stale=True)
 
     def seg_cache_dir(self) -> str:
         """Shared segmentations under $JAXDISSECT_HOME, keyed by the images and the segmenter; a
@@ -352,8 +384,10 @@ def default_seg(config: DissectConfig, dataset: str, model: LoadedModel, segment
         return config.seg
     if segmenter is not None:
         return getattr(segmenter, "name", None) or type(segmenter).__name__.lower()
-    if dataset == "scenes" and model.kind == "classifier":
+    if model.kind == "classifier" and (dataset == "scenes" or dataset in STYLIZED_SCENES):
         return "scenes"
+    if parse_broden_name(dataset) is not None:
+        return "broden"
     return "toy" if model.name.startswith("toy_") else "netpqc"
 
 
@@ -364,6 +398,14 @@ def make_source(config: DissectConfig, dataset: str, model: LoadedModel):
         return sources.ZSource(config.sample_size or 10_000, int(model.z_dim))
     if dataset == "scenes":
         return sources.ScenesSource(size=config.sample_size or 1000, image_size=model.input_size[0])
+    if dataset in STYLIZED_SCENES:
+        return StylizedScenesSource(size=config.sample_size or 1000, image_size=model.input_size[0],
+                                    style=STYLIZED_SCENES[dataset])
+    broden = parse_broden_name(dataset)
+    if broden is not None:
+        if not os.path.isdir(broden):
+            raise ConfigError("--dataset", f"broden:{broden}: no such folder")
+        return BrodenSource(broden, image_size=tuple(model.input_size), size=config.sample_size)
     tfds_name = parse_tfds_name(dataset)
     if tfds_name is not None:
         return sources.TfdsSource(*tfds_name, crop=model.input_size[0], size=config.sample_size)
@@ -378,6 +420,10 @@ def make_segmenter(seg: str, source):
     if seg == "scenes":
         if not isinstance(source, sources.ScenesSource):
             raise ConfigError("--seg", "scenes (exact labels) needs --dataset scenes; use --seg toy or a segmenter")
+        return None, source.labels
+    if seg == "broden":
+        if not isinstance(source, BrodenSource):
+            raise ConfigError("--seg", "broden (a Broden folder's own masks) needs --dataset broden:PATH")
         return None, source.labels
     if seg == "toy":
         s = ToySegmenter()

@@ -78,6 +78,7 @@ class ScenesSource:
         content = hashlib.sha256(np.ascontiguousarray(first["image"]).tobytes()
                                  + np.ascontiguousarray(first["segmentation"]).tobytes()).hexdigest()[:16]
         return {"kind": "scenes", "split": d.split, "seed": d.seed, "size": len(d), "image_size": d.image_size,
+                "stylized": getattr(d, "stylized", False), "style_seed": getattr(d, "style_seed", 0),
                 "first_scene": content}
 
     def _scene(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:

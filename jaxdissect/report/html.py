@@ -105,6 +105,25 @@ def legend_html(header: dict) -> str:
         f"overlap, 1: the same region). The runner-up concepts follow after 'also'. {labelled}; a unit whose IoU is "
         "0 with every concept shows <span class=\"status dead\">no label</span> and the label '-'.</dd>",
     ]
+    rule = h.get("label_rule")
+    rules = {"iou-best": "each concept's IoU at its own best threshold (of the levels below)",
+             "iqr": "the information quality ratio (mutual information / joint entropy) of unit and concept at the "
+                    "concept's best threshold",
+             "mi": "the mutual information of unit and concept at the concept's best threshold"}
+    if rule in rules:
+        items.append(f"<dt>Rule</dt><dd>labels here are chosen by <b>{html.escape(rule)}</b>: {rules[rule]}; the IoU "
+                     "shown is that concept's at the chosen threshold.</dd>")
+    if isinstance(h.get("levels"), list) and len(h["levels"]) > 1:
+        items.append("<dt>Curve</dt><dd>the IoU of the unit's top concepts (colours as named) at each of "
+                     f"{len(h['levels'])} thresholds, from the unit's top 50% of activations (left) to its top 0.05% "
+                     "(right); the grey line marks this run's threshold.</dd>")
+    if h.get("formula_length"):
+        items.append(f"<dt>Formula</dt><dd>the best combination of up to {h['formula_length']} concepts with AND, OR, "
+                     "AND NOT (a beam search), scored by the same IoU over the dataset.</dd>")
+    if h.get("clip_model"):
+        items.append(f"<dt>CLIP</dt><dd>an open-vocabulary name: of {h.get('clip_concepts', 'the')} candidate phrases, "
+                     f"the one whose {html.escape(str(h['clip_model']))} image-text similarity over the images best "
+                     f"matches the unit's activations ({html.escape(str(h.get('clip_method')))}).</dd>")
     return "<section class=\"legend\" id=\"legend\"><h2>How to read this page</h2><dl>" + "".join(items) + \
         "</dl></section>"
 
