@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxdissect import parallel, stats
 from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.config_error import ConfigError
 from jaxdissect.dissect import runstate, sources, steps
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
@@ -407,6 +408,21 @@ def _defaults(config: InterventionConfig, model_name: str):
             config.insert_sample_size or (50 if toy else 10_000), config.dissect_sample_size or (1000 if toy else 10_000))
 
 
+def check_config(config: InterventionConfig) -> None:
+    """The config's counts and quantiles are usable (ConfigError naming the field otherwise)."""
+    for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
+        if int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
+    for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
+        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
+    if config.min_context_samples < 0:
+        raise ConfigError("min_context_samples", f"must be >= 0, got {config.min_context_samples}")
+    for field in ("quantile", "insert_quantile"):
+        if not 0 < float(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(config, field)}")
+
+
 def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
@@ -414,12 +430,17 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     from jaxdissect.dissect.pipeline import make_segmenter
     from jaxdissect.models import load
 
+    check_config(config)
     if model is None:
         model = load(config.model, config.weights)
-    layer, seg, *_, dissect_n = _defaults(config, model.name)
+    layer, seg, remove, insert, *_, dissect_n = _defaults(config, model.name)
     layer = layer or model.default_layer
     if segmenter is None:
         segmenter, _ = make_segmenter(seg, None)
+    for field, name in (("remove_class", remove), ("insert_class", insert)):  # before anything is computed
+        if name not in segmenter.labels.names:
+            raise ConfigError(field, f"{name!r} is not a label of the segmenter ({seg}); labels: "
+                                     f"{', '.join(segmenter.labels.names[1:])}")
     dcfg = DissectConfig(model=model.name, seg=seg, layers=(layer,), quantile=config.quantile,
                          outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
                          devices=config.devices, progress=config.progress, weights=config.weights)
