@@ -91,6 +91,23 @@ def int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def int_multiple_of(step: int, low: int, high: int | None = None) -> Callable[[str], int]:
+    """A multiple of `step` from `low` (to `high`)."""
+    allowed = f"a multiple of {step} from {low}" + (f" to {high}" if high is not None else "")
+
+    def parse(text: str) -> int:
+        return _parse_number(int, text, lambda v: v % step == 0 and v >= low and (high is None or v <= high), allowed)
+    return parse
+
+
+def power_of_two(low: int, high: int) -> Callable[[str], int]:
+    """A power of two in [low, high]."""
+    def parse(text: str) -> int:
+        return _parse_number(int, text, lambda v: low <= v <= high and v & (v - 1) == 0,
+                             f"a power of two from {low} to {high}")
+    return parse
+
+
 def float_in(low: float | None = None, high: float | None = None, low_open: bool = False,
              high_open: bool = False) -> Callable[[str], float]:
     """A finite number within the bounds given (open or closed)."""

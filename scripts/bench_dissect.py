@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -24,6 +25,9 @@ import jax
 import numpy as np
 
 from bench_common import random_model, random_upp_segmenter
+from jaxdissect import cli
+
+PROG = "bench_dissect.py"
 
 
 def statistics_time(setup, batches, model_forward, result, repeats: int) -> float:
@@ -64,18 +68,34 @@ def statistics_time(setup, batches, model_forward, result, repeats: int) -> floa
     return float(np.median(times))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="toy_classifier")
-    p.add_argument("--dataset", default="scenes")
-    p.add_argument("--seg", default=None)
-    p.add_argument("--sample-size", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3)
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_classifier", help="registered classifier or generator")
+    p.add_argument("--dataset", default="scenes", help="classifiers: 'scenes', 'places', a folder of images or "
+                   "tfds:NAME[:SPLIT]")
+    p.add_argument("--seg", default=None, help="scenes, toy, net[p][q][c], or random-netpq (the paper's UPP with "
+                   "random weights); default: the dissection's")
+    p.add_argument("--sample-size", type=cli.positive_int, default=1000, help="samples of each timed dissection")
+    p.add_argument("--batch-size", type=cli.positive_int, default=10, help="samples per batch")
+    p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs (median kept)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights from the model's spec (e.g. vgg16_places without its download)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.model = cli.check_model(p, "--model", args.model, ("classifier", "generator")).name
+    cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"))
+    if args.seg != "random-netpq":
+        cli.check_seg(p, "--seg", args.seg, scenes=True)
+    if args.seg == "scenes" and args.dataset != "scenes":
+        p.fail("--seg", "scenes (the exact labels) needs --dataset scenes")
+    return args
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     from jaxdissect.dissect import DissectConfig, dissect, pipeline, sources
 
     model = random_model(args.model) if args.random_weights else None
@@ -144,7 +164,8 @@ def main() -> None:
               f"in memory): {stats_time:8.2f} s = {stats_time / ref:.3f} of the bare forwards")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
