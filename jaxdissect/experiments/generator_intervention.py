@@ -21,6 +21,7 @@ Experiments (driver: `run_interventions`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -37,6 +38,7 @@ from jaxdissect.dissect import runstate, sources, steps
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
     ablation_stack, insertion_stack, stack_size, conditional_update, conditional_readout)
+from jaxdissect.experiments.mask_sweep import weights_digest
 from jaxdissect.stats import Moments
 
 Z99 = 2.5758293035489004  # two-sided 99% normal quantile: the original's 2.58 * stderr band
@@ -63,6 +65,7 @@ class GeneratorFns:
         if layer not in valid_layer_names(model):
             raise ValueError(f"unknown layer {layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")
         self.model, self.layer, self.segmenter = model, layer, segmenter
+        self.weights_digest = weights_digest(model.variables)  # part of every pass's fingerprint
         self.labels = segmenter.labels
         self.num_labels = len(self.labels)
         run = capture_fn(model.module, (layer,))
@@ -247,7 +250,21 @@ class PassRunner:
 
 
 def _fp(fns: GeneratorFns) -> dict:
-    return {"model": fns.model.name, "layer": fns.layer, "labels": fns.num_labels, "downsample": fns.downsample}
+    """What every pass depends on: the generator (name and a digest of its weights, so a retrained
+    generator never reuses passes), the layer, the segmenter's labels and the downsampling."""
+    return {"model": fns.model.name, "weights": fns.weights_digest, "layer": fns.layer, "labels": fns.num_labels,
+            "downsample": fns.downsample}
+
+
+def edits_digest(edits: Any) -> str:
+    """A digest of an edit stack (its structure and arrays), so a pass of other edits is never reused."""
+    leaves, treedef = jax.tree.flatten(edits)
+    h = hashlib.sha1(str(treedef).encode())
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, name: str,
@@ -256,7 +273,7 @@ def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, na
     K*L entries, edit-major) and their per-image difference ('delta')."""
     k, num_l = stack_size(edits), fns.num_labels
     empty = {"baseline": Moments.create(num_l), "edited": Moments.create(k * num_l), "delta": Moments.create(k * num_l)}
-    fp = {**_fp(fns), "pass": "segclass", "edits": k, **(fingerprint or {})}
+    fp = {**_fp(fns), "pass": "segclass", "edits": k, "edits_digest": edits_digest(edits), **(fingerprint or {})}
     return runner.run(name, segclass_step(fns, chunk), empty, (fns.model.variables, edits), source, fp, stop_after)
 
 
