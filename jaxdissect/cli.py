@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdissect.capture import valid_layer_names
+from jaxdissect.capture import capture_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError
 from jaxdissect.dissect.pipeline import MODEL_ALIASES
 from jaxdissect.models.registry import LoadedModel, ModelSpec, available, get_spec
@@ -152,15 +152,30 @@ def check_model(parser: ArgumentParser, flag: str, name: str, kinds: Sequence[st
     return spec
 
 
+def _spec_example(spec: ModelSpec) -> jax.ShapeDtypeStruct:
+    """An abstract batch of one input: z for a generator, an image otherwise."""
+    if spec.kind == "generator":
+        return jax.ShapeDtypeStruct((1, int(spec.default_config["z_dim"])), jnp.float32)
+    return jax.ShapeDtypeStruct((1, *map(int, spec.input_size), 3), jnp.float32)
+
+
 def spec_layer_names(spec: ModelSpec) -> tuple[str, ...]:
     """Every layer name a model built from its spec's default config calls (no weights read)."""
     module = spec.build(spec.default_config)
-    example = (jax.ShapeDtypeStruct((1, int(spec.default_config["z_dim"])), jnp.float32) if spec.kind == "generator"
-               else jax.ShapeDtypeStruct((1, *map(int, spec.input_size), 3), jnp.float32))
+    example = _spec_example(spec)
     variables = jax.eval_shape(module.init, jax.random.key(0), example)
     model = LoadedModel(spec.name, spec.kind, module, variables, dict(spec.default_config), spec.input_size,
                         spec.normalization, spec.default_layer, tuple(spec.layer_names), None)
     return valid_layer_names(model, example)
+
+
+def spec_layer_units(spec: ModelSpec, layer: str) -> int:
+    """The unit (channel) count of a layer of the model built from its spec (no weights read)."""
+    module = spec.build(spec.default_config)
+    example = _spec_example(spec)
+    variables = jax.eval_shape(module.init, jax.random.key(0), example)
+    _, acts = jax.eval_shape(capture_fn(module, (layer,)), variables, example, {})
+    return int(acts[layer].shape[-1])
 
 
 def check_layers(parser: ArgumentParser, flag: str, spec: ModelSpec, layers: Sequence[str] | None,

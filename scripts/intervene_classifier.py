@@ -61,6 +61,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     spec = cli.check_model(p, "--model", args.model, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
+    if args.ns and args.weights is None:  # the packaged/published weights have the spec's shapes
+        layer = args.layer or spec.default_layer
+        layer = layer if layer in cli.spec_layer_names(spec) else f"features.{layer}"
+        units = cli.spec_layer_units(spec, layer)
+        bad = [n for n in args.ns if n >= units]
+        if bad:
+            p.fail("--ns", f"each N must be from 1 to {units - 1} ({layer} has {units} units), got "
+                           f"{', '.join(map(str, bad))}")
     cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"), splits=("train", "val"))
     cli.check_seg(p, "--seg", args.seg, scenes=True)
     if args.seg == "scenes" and (args.dataset or ("scenes" if spec.name.startswith("toy") else "places")) != "scenes":

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -150,16 +151,20 @@ def check_config(config: InterventionConfig) -> None:
 
 
 def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
-    """The unit counts N to run: the defaults clipped to 1 <= N < units; N given otherwise must all
-    lie there (ConfigError), so no asked-for N is dropped silently."""
-    if tuple(ns) != DEFAULT_NS:
-        bad = [int(n) for n in ns if not 1 <= int(n) < units]
-        if bad or not ns:
-            raise ConfigError("ns", f"each N must be from 1 to {units - 1} ({layer} has {units} units), got "
-                                    f"{', '.join(map(str, bad)) or 'none'}")
+    """The unit counts N to run: 1 <= N < units. The defaults are clipped to the layer quietly; N
+    given otherwise that do not fit are dropped with a warning naming them, and a ConfigError is
+    raised when none is left."""
     if units < 2:
         raise ConfigError("layer", f"{layer} has {units} unit; ablating its best units needs at least 2")
-    return clip_ns(ns, units)
+    kept = clip_ns(ns, units)
+    dropped = sorted({int(n) for n in ns} - set(kept))
+    if not kept:
+        raise ConfigError("ns", f"each N must be from 1 to {units - 1} ({layer} has {units} units), got "
+                                f"{', '.join(map(str, dropped)) or 'none'}")
+    if dropped and tuple(ns) != DEFAULT_NS:
+        warnings.warn(f"ns {', '.join(map(str, dropped))} left out: N must be from 1 to {units - 1} ({layer} has "
+                      f"{units} units)", stacklevel=2)
+    return kept
 
 
 def _class_names(model, num_classes: int) -> tuple[str, ...]:
