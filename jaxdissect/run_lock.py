@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import os
 import socket
 import uuid
 from typing import Iterator, NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # no POSIX file locks (Windows): stale locks are then removed by hand
+    fcntl = None
 
 LOCK_FILE = "lockfile.pid"
 _TAKEOVER_FILE = ".lockfile.pid.takeover"  # flock'ed while a stale lock is replaced; stays in place
@@ -115,6 +119,9 @@ class ExclusiveRun:
                 if owner_text is None:
                     continue
                 owner = self._refuse_unless_stale(owner_text)
+                if fcntl is None:
+                    raise RunLockedError(f"{self.path} was left by process {owner.pid}, which is gone; remove it "
+                                         f"to run again (taking it over needs POSIX file locks)")
                 with _takeover_guard(self.directory):
                     if self._remove_if_still(owner) and self._link(tmp):
                         self.token = token

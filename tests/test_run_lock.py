@@ -86,3 +86,17 @@ def test_exit_leaves_a_lock_that_is_no_longer_ours(tmp_path):
 def test_runstate_reexports_the_lock():
     assert runstate.ExclusiveRun is ExclusiveRun and runstate.RunLockedError is RunLockedError
     assert runstate.LOCK_FILE == LOCK_FILE
+
+
+def test_without_posix_file_locks_a_stale_lock_is_refused_not_taken(tmp_path, monkeypatch):
+    from jaxdissect import run_lock
+
+    monkeypatch.setattr(run_lock, "fcntl", None)  # as on Windows
+    line = f"999999999@{socket.gethostname()} deadbeef 2020-01-01T00:00:00Z\n"
+    (tmp_path / LOCK_FILE).write_text(line)
+    with pytest.raises(RunLockedError, match="which is gone; remove it"):
+        ExclusiveRun(tmp_path).__enter__()
+    assert (tmp_path / LOCK_FILE).read_text() == line
+    (tmp_path / LOCK_FILE).unlink()
+    with ExclusiveRun(tmp_path):  # a free folder is still taken
+        assert (tmp_path / LOCK_FILE).exists()
