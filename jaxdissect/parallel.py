@@ -71,8 +71,8 @@ def add_distributed_flags(parser) -> None:
     g = parser.add_argument_group("several processes (hosts); also read from JAX_COORDINATOR_ADDRESS, "
                                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
     g.add_argument("--coordinator", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the run, one per host")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes - 1")
     g.add_argument("--distributed-auto", action="store_true",
                    help="let JAX detect the cluster (TPU pod slices, SLURM, Open MPI)")
 

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from bench_common import random_model, random_upp_segmenter
-from jaxdissect import parallel
+from jaxdissect import cli, parallel
 from jaxdissect.array_cache import cache_bytes
 from jaxdissect.capture import layer_shapes
 from jaxdissect.compilation_cache import enable_compilation_cache
@@ -102,25 +102,52 @@ def cache_table(name: str, samples: int = 10_000) -> None:
         print(f"  {layer:24s} {str(tuple(shape[1:])):>16s} {f32:8.2f} GB {bf16:8.2f} GB")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="toy_classifier", help="registered model to dissect")
-    p.add_argument("--dataset", default=None, help="dataset (default: the model's)")
-    p.add_argument("--seg", default=None, help="segmenter name, or random-netpq (the paper's UPP, random weights)")
+PROG = "bench_dissect.py"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_classifier", help="registered classifier or generator to dissect")
+    p.add_argument("--dataset", default=None, help="classifiers: 'scenes', 'places', a folder of images or "
+                   "tfds:NAME[:SPLIT] (default: the model's)")
+    p.add_argument("--seg", default=None, help="scenes, toy, net[p][q][c], or random-netpq (the paper's UPP with "
+                   "random weights); default: the dissection's")
     p.add_argument("--layer", default=None, help="layer to dissect (default: the model's default layer)")
     p.add_argument("--second-layer", default=None, help="layer of the second dissection (default: the one before)")
-    p.add_argument("--sample-size", type=int, default=1000, help="images")
-    p.add_argument("--batch-size", type=int, default=10, help="images per batch")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (medians are printed)")
-    p.add_argument("--random-weights", action="store_true", help="random weights (e.g. vgg16_places without its download)")
+    p.add_argument("--sample-size", type=cli.positive_int, default=1000, help="images of each timed dissection")
+    p.add_argument("--batch-size", type=cli.positive_int, default=10, help="images per batch")
+    p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs per measurement (medians printed)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights from the model's spec (e.g. vgg16_places without its download)")
     p.add_argument("--cache-table", default=None, metavar="MODEL", help="only print MODEL's activation cache sizes")
     args = p.parse_args(argv)
-    for flag in ("sample_size", "batch_size", "repeats"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.cache_table:
-        return cache_table(args.cache_table)
+        cli.check_model(p, "--cache-table", args.cache_table, ("classifier", "generator"))
+        return args
+    spec = cli.check_model(p, "--model", args.model, ("classifier", "generator"))
+    args.model = spec.name
+    if args.dataset is not None:
+        cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"))
+    if args.seg != "random-netpq":
+        cli.check_seg(p, "--seg", args.seg, scenes=True)
+    if args.seg == "scenes" and args.dataset not in (None, "scenes"):
+        p.fail("--seg", "scenes (the exact labels) needs --dataset scenes")
+    for flag in ("--layer", "--second-layer"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            cli.check_layers(p, flag, spec, [value])
+    return args
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cache_table:
+        cache_table(args.cache_table)
+        return 0
     work = tempfile.mkdtemp(prefix="bench-dissect-")
     os.environ["JAXDISSECT_HOME"] = os.path.join(work, "home")
     enable_compilation_cache(os.path.join(work, "compilation-cache"))
@@ -179,7 +206,8 @@ def main(argv=None) -> None:
           f"first (goal <= 0.25)")
     print(f"  vs the original (4.28 of its forward passes on this machine): {ratio / ORIGINAL_FORWARD_PASSES:.3f} "
           f"(goal <= 0.4)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdissect import cli
 from jaxdissect.data.scenes import SCENE_LABELS, Scenes
 from jaxdissect.models import registry, toy
 from jaxdissect.models.weights_io import save_weights
@@ -470,10 +471,12 @@ def measure_generator(gen, variables, config, args, n=200, seed=1, layer=AUX_LAY
 # ---- main ----------------------------------------------------------------------------------
 DEFAULTS = {
     "classifier": dict(steps=700, batch=32, lr=2e-3, train_size=6000),
-    "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000),
+    "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000, l1=1e-3),
     "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64),
-    "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000),
+    "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000, sigma=0.2, aux_weight=20.0),
 }
+STAGE_FLAGS = {"l1": "classifier-head", "crop": "segmenter", "sigma": "generator", "aux_weight": "generator"}
+PROG = "train_toy.py"
 
 
 def _without_cache(argv: Sequence[str]) -> list[str]:
@@ -546,35 +549,56 @@ def write_training_md(out: str, data: dict) -> None:
         f.write("\n".join(lines))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=sorted(DEFAULTS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, each checked before any work; stage defaults (DEFAULTS) filled in."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("which", choices=sorted(DEFAULTS), help="the network (stage) to train")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="data, initialisation and batch order")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the weights folders and TRAINING.json/.md")
     p.add_argument("--cache", default=None, help="folder to cache generated training scenes (.npz)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--train-size", type=int)
-    p.add_argument("--val-size", type=int, default=500)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--sigma", type=float, default=0.2, help="generator: VAE pixel noise std")
+    defaults = lambda k: ", ".join(f"{w} {d[k]}" for w, d in DEFAULTS.items() if k in d)  # noqa: E731
+    p.add_argument("--steps", type=cli.positive_int, help=f"optimizer steps (default: {defaults('steps')})")
+    p.add_argument("--batch", type=cli.positive_int, help=f"batch size (default: {defaults('batch')})")
+    p.add_argument("--lr", type=cli.positive_float, help=f"peak learning rate (default: {defaults('lr')})")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help=f"training scenes (default: {defaults('train_size')})")
+    p.add_argument("--val-size", type=cli.positive_int, default=500, help="val scenes the metrics are measured on")
+    p.add_argument("--crop", type=cli.int_multiple_of(8, 8, 128),
+                   help="segmenter only: training crop, a multiple of 8 up to 128 (the net downsamples 8x) (default: 64)")
+    p.add_argument("--sigma", type=cli.positive_float, help="generator only: VAE pixel noise std (default: 0.2)")
     p.add_argument("--measure-only", action="store_true",
                    help="measure the shipped weights in --out again instead of training")
-    p.add_argument("--l1", type=float, default=1e-3, help="classifier-head: L1 weight on the fc6 kernel")
-    p.add_argument("--aux-weight", type=float, default=20.0, help="generator: weight of the object-map head")
+    p.add_argument("--l1", type=cli.nonnegative_float,
+                   help="classifier-head only: L1 weight on the fc6 kernel (default: 0.001)")
+    p.add_argument("--aux-weight", type=cli.nonnegative_float,
+                   help="generator only: weight of the object-map head (default: 20.0)")
     args = p.parse_args(argv)
+    for flag, stage in STAGE_FLAGS.items():
+        if getattr(args, flag) is not None and args.which != stage:
+            p.fail("--" + flag.replace("_", "-"), f"applies to {stage} only, not {args.which}")
+    if args.which == "classifier-head" and args.measure_only:
+        p.fail("--measure-only", "classifier-head has none (measure with: classifier --measure-only)")
+    cli.check_outdir(p, "--out", args.out)
+    if args.cache is not None:
+        cli.check_outdir(p, "--cache", args.cache)
     for k, v in DEFAULTS[args.which].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    return args
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     jax.config.update("jax_default_matmul_precision", "float32")
-    if args.which == "classifier-head" and args.measure_only:
-        p.error("classifier-head has no --measure-only (measure with: classifier --measure-only)")
     metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head, "segmenter": train_segmenter,
                "generator": train_generator}[args.which](args)
     record(args.out, args.which, metrics, argv, args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run_script(PROG, parse_args, lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ import pytest
 
 import small_models
 from jaxdissect.array_cache import ArrayCache
-from jaxdissect.cli import UserError
+from jaxdissect.config_error import UserError
 from jaxdissect.dissect import DissectConfig, dissect, outputs, run as run_module, sources
 from jaxdissect.dissect.run import DissectRun
 from jaxdissect.segment.base import SegmentLabels

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import small_models
-from jaxdissect.cli import UserError
+from jaxdissect.config_error import UserError
 from jaxdissect.data.image_folder import IMAGE_EXTENSIONS  # noqa: F401 (the folder source's reader)
 from jaxdissect.dissect import DissectConfig, FinishedWithOtherSettingsError, dissect, sources
 

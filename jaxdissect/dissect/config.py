@@ -6,7 +6,8 @@ import math
 import os
 
 from jaxdissect.array_cache import DTYPES
-from jaxdissect.cli import ConfigError, flag_name, option
+from jaxdissect.config_error import ConfigError
+from jaxdissect.config_flags import flag_name, option
 from jaxdissect.dissect.clip_scores import SCORE_FUNCTIONS
 from jaxdissect.dissect.labelling import RULES
 

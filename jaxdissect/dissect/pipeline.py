@@ -35,7 +35,7 @@ import numpy as np
 from jaxdissect import parallel
 from jaxdissect import fingerprint as fp
 from jaxdissect.atomic import atomic_write_text
-from jaxdissect.cli import UserError
+from jaxdissect.config_error import UserError
 from jaxdissect.dissect import runstate
 from jaxdissect.dissect.config import DissectConfig
 from jaxdissect.dissect.feeds import sample_ok

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from jaxdissect.cli import UserError
+from jaxdissect.config_error import UserError
 from jaxdissect.data.places import PLACES_URL, places_dir
 from jaxdissect.dissect.config import DissectConfig
 from jaxdissect.models import get_spec

@@ -21,7 +21,7 @@ from jaxdissect import fingerprint as fp
 from jaxdissect import parallel
 from jaxdissect.array_cache import ArrayCache, cache_bytes
 from jaxdissect.capture import capture_fn, valid_layer_names
-from jaxdissect.cli import ConfigError, UserError
+from jaxdissect.config_error import ConfigError, UserError
 from jaxdissect.data.broden_source import BrodenSource, parse_broden_name
 from jaxdissect.data.paired import STYLIZED_SCENES, StylizedScenesSource
 from jaxdissect.data.places import ensure_places_val

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxdissect import parallel
 from jaxdissect import fingerprint as fp
-from jaxdissect.cli import UserError
+from jaxdissect.config_error import UserError
 from jaxdissect.dissect import sources, steps
 from jaxdissect.dissect.feeds import agreed, assemble, checkpoint_policy, local_parts, local_positions
 from jaxdissect.dissect.run import DissectRun

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments import attacks
 from jaxdissect.experiments import classifier_ablation as ca
 
@@ -441,11 +442,19 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     num_classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
     class_names = ca._class_names(model, num_classes)
     target_names = config.targets or default_targets(config.dataset, class_names)
-    targets = ca.resolve_classes(target_names, class_names)
+    try:
+        targets = ca.resolve_classes(target_names, class_names)
+    except ValueError as e:
+        raise ConfigError("targets", str(e)) from None
     from jaxdissect.data.places import is_places365
 
     per_target = config.images_per_target or (1000 if is_places365(config.dataset) else 10)
-    if attack_source is None or (train_source is None and ranking is None and config.ranking_file is None):
+    if ranking is None and config.ranking_file is not None:  # read before any image is loaded
+        try:
+            ranking = load_ranking(config.ranking_file, num_classes, units)
+        except ValueError as e:
+            raise ConfigError("ranking_file", str(e)) from None
+    if attack_source is None or (train_source is None and ranking is None):
         icfg = ca.InterventionConfig(dataset=config.dataset, train_size=config.train_size, val_size=config.val_size)
         default_train, default_val = ca.make_sources(icfg, model)
         train_source = train_source if train_source is not None else default_train
@@ -456,11 +465,8 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     weights_fp = ca.stage_fingerprint(model, layer)  # hashes the weights: once per run
 
     if ranking is None:
-        if config.ranking_file is not None:
-            ranking = load_ranking(config.ranking_file, num_classes, units)
-        else:
-            ca._check_source_classes(train_source, class_names, "ranking")
-            ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh, weights_fp)
+        ca._check_source_classes(train_source, class_names, "ranking")
+        ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh, weights_fp)
     ranking = np.asarray(ranking, np.int64)
     if ranking.shape != (num_classes, units):
         raise ValueError(f"ranking must be (classes, units) = ({num_classes}, {units}), got {ranking.shape}")

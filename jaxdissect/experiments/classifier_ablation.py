@@ -10,12 +10,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect.config_error import ConfigError
 from jaxdissect.data.places import is_places365
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
@@ -136,6 +138,35 @@ def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     return train, val
 
 
+def check_config(config: InterventionConfig) -> None:
+    """The config's counts are usable (ConfigError naming the field otherwise)."""
+    for field in ("distribution_n", "random_draws", "batch_size", "mask_chunk", "checkpoint_every"):
+        if int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
+    for field in ("train_size", "val_size", "devices", "dissection_sample_size"):
+        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
+    if config.seed < 0:
+        raise ConfigError("seed", f"must be >= 0, got {config.seed}")
+
+
+def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
+    """The unit counts N to run: 1 <= N < units. The defaults are clipped to the layer quietly; N
+    given otherwise that do not fit are dropped with a warning naming them, and a ConfigError is
+    raised when none is left."""
+    if units < 2:
+        raise ConfigError("layer", f"{layer} has {units} unit; ablating its best units needs at least 2")
+    kept = clip_ns(ns, units)
+    dropped = sorted({int(n) for n in ns} - set(kept))
+    if not kept:
+        raise ConfigError("ns", f"each N must be from 1 to {units - 1} ({layer} has {units} units), got "
+                                f"{', '.join(map(str, dropped)) or 'none'}")
+    if dropped and tuple(ns) != DEFAULT_NS:
+        warnings.warn(f"ns {', '.join(map(str, dropped))} left out: N must be from 1 to {units - 1} ({layer} has "
+                      f"{units} units)", stacklevel=2)
+    return kept
+
+
 def _class_names(model, num_classes: int) -> tuple[str, ...]:
     if model.labels is not None and len(model.labels) == num_classes:
         return tuple(model.labels)
@@ -251,24 +282,28 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
         model = load(config.model, config.weights)
     if model.kind != "classifier":
         raise ValueError(f"model {model.name!r} is a {model.kind}; classifier ablation needs a classifier")
+    check_config(config)
     [layer] = resolve_layers(model, (config.layer,) if config.layer else ())
-    if train_source is None or val_source is None:
-        default_train, default_val = make_sources(config, model)
-        train_source = train_source if train_source is not None else default_train
-        val_source = val_source if val_source is not None else default_val
     example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
     units = int(jax.eval_shape(layer_forward(model, layer), model.variables, example).shape[-1])
     num_classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
     class_names = _class_names(model, num_classes)
-    _check_source_classes(train_source, class_names, "ranking")
-    _check_source_classes(val_source, class_names, "measuring")
-    ns = clip_ns(config.ns, units)
-    dist_n = min(max(1, config.distribution_n), units - 1)
+    ns = experiment_ns(config.ns, units, layer)
+    dist_n = min(config.distribution_n, units - 1)
     curve_names = config.curve_classes
     if curve_names is None:
         defaults = DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ())
         curve_names = tuple(n for n in defaults if n in class_names) or class_names[:1]
-    curve_classes = resolve_classes(curve_names, class_names)
+    try:
+        curve_classes = resolve_classes(curve_names, class_names)
+    except ValueError as e:
+        raise ConfigError("curve_classes", str(e)) from None
+    if train_source is None or val_source is None:  # after the checks: Places may be downloaded here
+        default_train, default_val = make_sources(config, model)
+        train_source = train_source if train_source is not None else default_train
+        val_source = val_source if val_source is not None else default_val
+    _check_source_classes(train_source, class_names, "ranking")
+    _check_source_classes(val_source, class_names, "measuring")
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)
     stages = _Stages(directory)

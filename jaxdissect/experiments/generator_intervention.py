@@ -21,6 +21,7 @@ Experiments (driver: `run_interventions`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -32,10 +33,12 @@ import numpy as np
 
 from jaxdissect import parallel, stats
 from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.config_error import ConfigError
 from jaxdissect.dissect import runstate, sources, steps
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
     ablation_stack, insertion_stack, stack_size, conditional_update, conditional_readout)
+from jaxdissect.experiments.mask_sweep import weights_digest
 from jaxdissect.stats import Moments
 
 Z99 = 2.5758293035489004  # two-sided 99% normal quantile: the original's 2.58 * stderr band
@@ -62,6 +65,7 @@ class GeneratorFns:
         if layer not in valid_layer_names(model):
             raise ValueError(f"unknown layer {layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")
         self.model, self.layer, self.segmenter = model, layer, segmenter
+        self.weights_digest = weights_digest(model.variables)  # part of every pass's fingerprint
         self.labels = segmenter.labels
         self.num_labels = len(self.labels)
         run = capture_fn(model.module, (layer,))
@@ -246,7 +250,21 @@ class PassRunner:
 
 
 def _fp(fns: GeneratorFns) -> dict:
-    return {"model": fns.model.name, "layer": fns.layer, "labels": fns.num_labels, "downsample": fns.downsample}
+    """What every pass depends on: the generator (name and a digest of its weights, so a retrained
+    generator never reuses passes), the layer, the segmenter's labels and the downsampling."""
+    return {"model": fns.model.name, "weights": fns.weights_digest, "layer": fns.layer, "labels": fns.num_labels,
+            "downsample": fns.downsample}
+
+
+def edits_digest(edits: Any) -> str:
+    """A digest of an edit stack (its structure and arrays), so a pass of other edits is never reused."""
+    leaves, treedef = jax.tree.flatten(edits)
+    h = hashlib.sha1(str(treedef).encode())
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, name: str,
@@ -255,7 +273,7 @@ def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, na
     K*L entries, edit-major) and their per-image difference ('delta')."""
     k, num_l = stack_size(edits), fns.num_labels
     empty = {"baseline": Moments.create(num_l), "edited": Moments.create(k * num_l), "delta": Moments.create(k * num_l)}
-    fp = {**_fp(fns), "pass": "segclass", "edits": k, **(fingerprint or {})}
+    fp = {**_fp(fns), "pass": "segclass", "edits": k, "edits_digest": edits_digest(edits), **(fingerprint or {})}
     return runner.run(name, segclass_step(fns, chunk), empty, (fns.model.variables, edits), source, fp, stop_after)
 
 
@@ -407,6 +425,21 @@ def _defaults(config: InterventionConfig, model_name: str):
             config.insert_sample_size or (50 if toy else 10_000), config.dissect_sample_size or (1000 if toy else 10_000))
 
 
+def check_config(config: InterventionConfig) -> None:
+    """The config's counts and quantiles are usable (ConfigError naming the field otherwise)."""
+    for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
+        if int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
+    for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
+        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
+    if config.min_context_samples < 0:
+        raise ConfigError("min_context_samples", f"must be >= 0, got {config.min_context_samples}")
+    for field in ("quantile", "insert_quantile"):
+        if not 0 < float(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(config, field)}")
+
+
 def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
@@ -414,12 +447,17 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.models import load
 
+    check_config(config)
     if model is None:
         model = load(config.model, config.weights)
-    layer, seg, *_, dissect_n = _defaults(config, model.name)
+    layer, seg, remove, insert, *_, dissect_n = _defaults(config, model.name)
     layer = layer or model.default_layer
     if segmenter is None:
         segmenter, _ = make_segmenter(seg, None)
+    for field, name in (("remove_class", remove), ("insert_class", insert)):  # before anything is computed
+        if name not in segmenter.labels.names:
+            raise ConfigError(field, f"{name!r} is not a label of the segmenter ({seg}); labels: "
+                                     f"{', '.join(segmenter.labels.names[1:])}")
     dcfg = DissectConfig(model=model.name, seg=seg, layers=(layer,), quantile=config.quantile,
                          outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
                          devices=config.devices, progress=config.progress, weights=config.weights)
