@@ -1,9 +1,11 @@
 """A pass's statistics states and their metadata, written together in one atomic folder.
 
-`save_states(folder, states, meta)` writes {key: stats state, or a dataclass of stats states}
-and a JSON `meta` (progress, fingerprint) so that a reader sees either the previous checkpoint
-or the new one, never a mix; `load_states(folder, template)` reads them back shaped like the
-template, or None when there is nothing (or something else) there.
+`save_states(folder, states, meta)` writes {key: stats state, a dataclass of stats states, or
+any other pytree of arrays} and a JSON `meta` (progress, fingerprint) so that a reader sees
+either the previous checkpoint or the new one, never a mix; `load_states(folder, template)`
+reads them back shaped like the template, or None when there is nothing (or something else)
+there. Statistics states are saved with `stats.save` (readable without a template); other
+pytrees as their leaves, restored into the template's structure.
 """
 from __future__ import annotations
 
@@ -13,32 +15,73 @@ import os
 import shutil
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from jaxdissect import stats
 from jaxdissect.atomic import atomic_directory, existing_version
-from jaxdissect.stats.io import is_state
+from jaxdissect.stats.io import is_state, local_checkpointer
 
 META_FILE = "meta.json"
 
 
+_TREE = ".tree"  # suffix of a pytree saved as its leaves
+
+
+def _is_composite(state: Any) -> bool:
+    """A dataclass whose fields are statistics states (or None), like ActivationStats."""
+    return dataclasses.is_dataclass(state) and all(
+        getattr(state, f.name) is None or is_state(getattr(state, f.name)) for f in dataclasses.fields(state))
+
+
 def _flatten(states: Mapping[str, Any]) -> dict[str, Any]:
-    """{key: state} -> {key or key~field: stats state}, opening composite dataclasses of states."""
+    """{key: state} -> {name: stats state or pytree}: composite dataclasses of states opened into
+    key~field, any other pytree kept whole under key.tree."""
     flat = {}
     for key, state in states.items():
         if is_state(state):
             flat[key] = state
-        else:
+        elif _is_composite(state):
             for f in dataclasses.fields(state):
                 value = getattr(state, f.name)
                 if value is not None:
                     flat[f"{key}~{f.name}"] = value
+        else:
+            flat[key + _TREE] = state
     return flat
+
+
+def _save_tree(path: str, tree: Any) -> None:
+    leaves = {f"{i:05d}": np.asarray(jax.device_get(leaf)) for i, leaf in enumerate(jax.tree.leaves(tree))}
+    with local_checkpointer() as ckpt:
+        ckpt.save(os.path.abspath(path), leaves)
+        ckpt.wait_until_finished()
+
+
+def _load_tree(path: str, template: Any) -> Any:
+    with local_checkpointer() as ckpt:
+        leaves = ckpt.restore(os.path.abspath(path))
+    want = jax.tree.leaves(template)
+    got = [leaves[k] for k in sorted(leaves)]
+    if len(got) != len(want) or any(np.shape(a) != np.shape(b) for a, b in zip(got, want)):
+        raise ValueError(f"{path!r} does not hold a state shaped like the one expected")
+    return jax.tree.unflatten(jax.tree.structure(template), [jnp.asarray(a) for a in got])
+
+
+def write_states(folder: str, states: Mapping[str, Any]) -> None:
+    """Write `states` into an (empty, private) folder; `save_states` makes it atomic."""
+    for key, state in _flatten(states).items():
+        if key.endswith(_TREE):
+            _save_tree(os.path.join(folder, key), state)
+        else:
+            stats.save(os.path.join(folder, key), state)
 
 
 def save_states(folder: str | os.PathLike, states: Mapping[str, Any], meta: Mapping) -> None:
     """Save `states` and `meta` atomically together (replacing what `folder` held)."""
     with atomic_directory(folder) as tmp:
-        for key, state in _flatten(states).items():
-            stats.save(os.path.join(tmp, key), state)
+        write_states(tmp, states)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(dict(meta), f, indent=1)
 
@@ -63,18 +106,29 @@ def load_states(folder: str | os.PathLike, template: Mapping[str, Any]) -> tuple
     meta = load_meta(path)
     if meta is None:
         return None
-    keys = sorted(k for k in os.listdir(path) if k != META_FILE)
-    if keys != sorted(_flatten(template)):
+    states = read_states(path, template)
+    return None if states is None else (states, meta)
+
+
+def read_states(path: str, template: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> dict | None:
+    """The states written by `write_states` in `path`, shaped like `template` (None if the folder
+    holds other keys; names in `ignore` are other files of the folder)."""
+    keys = sorted(k for k in os.listdir(path) if k != META_FILE and k not in ignore)
+    expected = _flatten(template)
+    if keys != sorted(expected):
         return None
-    flat = {key: stats.load(os.path.join(path, key)) for key in keys}
+    flat = {key: _load_tree(os.path.join(path, key), expected[key]) if key.endswith(_TREE)
+            else stats.load(os.path.join(path, key)) for key in keys}
     states = {}
     for key, state in template.items():
         if is_state(state):
             states[key] = flat[key]
+        elif key + _TREE in flat:
+            states[key] = flat[key + _TREE]
         else:
             states[key] = state.replace(**{f.name: flat[f"{key}~{f.name}"] for f in dataclasses.fields(state)
                                            if getattr(state, f.name) is not None})
-    return states, meta
+    return states
 
 
 def remove(folder: str | os.PathLike) -> None:

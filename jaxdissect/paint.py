@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.capture import capture, layer_shapes
-from jaxdissect.dissect.pipeline import layer_stats
+from jaxdissect.dissect.stage_store import layer_stats
 from jaxdissect.edit import Replace
 
 

@@ -22,14 +22,16 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdissect import checkpoints, parallel
+from jaxdissect import checkpoints, parallel, stats
 from jaxdissect import fingerprint as fp
+from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.data.sources import prefetch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +53,13 @@ class PassSpec:
     in, the fingerprint of everything its result depends on, and the progress bar's label."""
 
     name: str
-    directory: str
+    directory: str | None  # None: a pass that keeps no checkpoints
     fingerprint: Mapping[str, Any]
     description: str = ""
 
     @property
-    def checkpoint_dir(self) -> str:
-        return os.path.join(self.directory, "checkpoints", self.name)
+    def checkpoint_dir(self) -> str | None:
+        return None if self.directory is None else os.path.join(self.directory, "checkpoints", self.name)
 
 
 class ResumablePass:
@@ -71,7 +73,7 @@ class ResumablePass:
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.before_checkpoint, self.check = before_checkpoint, check
         self.samples_done, self.errors, states = 0, {}, dict(empty)
-        loaded = checkpoints.load_states(spec.checkpoint_dir, empty)
+        loaded = None if spec.directory is None else checkpoints.load_states(spec.checkpoint_dir, empty)
         if loaded is not None:
             saved, meta = loaded
             if meta.get("fingerprint") == fp.canonical(spec.fingerprint) and meta.get("samples_done", -1) <= num_samples:
@@ -109,6 +111,8 @@ class ResumablePass:
 
     def checkpoint(self, samples_done: int) -> None:
         """Merge, check, and have process 0 save the states with their progress and fingerprint."""
+        if self.spec.directory is None:
+            return
         if self.before_checkpoint is not None:
             self.before_checkpoint()
         merged = self.merged()
@@ -136,7 +140,7 @@ class ResumablePass:
 
     def clear(self) -> None:
         """Remove the pass's checkpoint (process 0)."""
-        if parallel.is_primary():
+        if parallel.is_primary() and self.spec.directory is not None:
             checkpoints.remove(self.spec.checkpoint_dir)
 
 
@@ -155,3 +159,77 @@ def gather_errors(errors: Mapping[int, str], tag: str) -> dict[str, str]:
     for n, row in zip(np.asarray(size).reshape(-1), np.asarray(every).reshape(len(size), -1)):
         out.update(json.loads(bytes(row[:n]).decode()))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished results of named stages, and a whole pass over a source
+
+
+class StageStore:
+    """Finished results of named stages, each in `<directory>/stages/<name>/` with the
+    fingerprint of what made it: states (statistics states, dataclasses of them, any pytree)
+    and plain numpy arrays (one .npz), written atomically together. A stage whose stored
+    fingerprint differs counts as absent."""
+
+    _ARRAYS = "arrays.npz"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, "stages", name)
+
+    def load(self, name: str, fingerprint: Mapping[str, Any], template: Mapping[str, Any] | None = None) -> dict | None:
+        """The stage's results if stored with this fingerprint, else None. States other than
+        statistics states (e.g. composite ones) need their `template` (empty states)."""
+        meta = checkpoints.load_meta(self.path(name))
+        if meta is None or meta.get("fingerprint") != fp.canonical(fingerprint):
+            return None
+        folder = existing_version(self.path(name))
+        arrays = {}
+        if os.path.isfile(os.path.join(folder, self._ARRAYS)):
+            with np.load(os.path.join(folder, self._ARRAYS)) as z:
+                arrays = {k: z[k] for k in z.files}
+        if template is not None:
+            states = checkpoints.read_states(folder, template, ignore=(self._ARRAYS,))
+            return None if states is None else {**states, **arrays}
+        out = dict(arrays)
+        for key in sorted(os.listdir(folder)):
+            if os.path.isdir(os.path.join(folder, key)):
+                out[key] = stats.load(os.path.join(folder, key))
+        return out
+
+    def save(self, name: str, fingerprint: Mapping[str, Any], results: Mapping[str, Any]) -> None:
+        """Store the stage's results (call it on process 0) with its fingerprint, replacing what was there."""
+        arrays = {k: v for k, v in results.items() if isinstance(v, (np.ndarray, np.generic))}
+        states = {k: v for k, v in results.items() if k not in arrays}
+        with atomic_directory(self.path(name)) as tmp:
+            checkpoints.write_states(tmp, states)
+            if arrays:
+                np.savez(os.path.join(tmp, self._ARRAYS), **arrays)
+            with open(os.path.join(tmp, checkpoints.META_FILE), "w") as f:
+                json.dump({"fingerprint": fp.canonical(fingerprint)}, f, indent=1)
+
+
+def run_over_source(spec: PassSpec, empty: Mapping[str, Any], mesh: jax.sharding.Mesh, source: Any, batch_size: int,
+                    step: Callable, replicated: Any, batch_args: Callable[[Any], Sequence[Any]], *,
+                    policy: CheckpointPolicy = CheckpointPolicy(), progress: bool = True,
+                    stop_after: int | None = None, log: Callable[[str], None] = print) -> dict | None:
+    """A whole resumable pass of `step` (a `sharded_pass`: (states, replicated, *batch) ->
+    states) over `source`, whose batches `batch_args(batch)` turns into the step's host arrays
+    (this process's rows); returns the merged states, leaving the checkpoint for the caller to
+    clear once the result is stored. `stop_after` batches (for tests of resuming) checkpoints
+    and returns None, like a run killed there."""
+    run = ResumablePass(spec, empty, mesh, len(source), batch_size, policy=policy, progress=progress, log=log)
+    rows = parallel.local_rows(mesh, batch_size)
+    positions = np.concatenate([r for _, r in rows])
+    replicated = parallel.replicate(mesh, replicated)
+    for b, (r, batch) in enumerate(run.batches(prefetch(source, run.ranges, positions))):
+        run.add_errors(getattr(batch, "errors", {}) or {})
+        args = [parallel.assemble(mesh, rows, np.asarray(a), batch_size) for a in batch_args(batch)]
+        run.state = step(run.state, replicated, *args)
+        if stop_after is not None and b + 1 >= stop_after and b + 1 < len(run.ranges):
+            run.checkpoint(int(r[-1]) + 1)
+            return None
+    merged, _ = run.finish()
+    return merged

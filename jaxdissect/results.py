@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxdissect import stats
 from jaxdissect.dissect.config import MODEL_ALIASES
-from jaxdissect.dissect.pipeline import STATS_LAYOUT, layer_stats
+from jaxdissect.dissect.stage_store import STATS_LAYOUT, layer_stats
 from jaxdissect.dissect.runstate import DONE_FILE
 from jaxdissect.report.report_json import read_report_json
 

@@ -79,7 +79,8 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     cli.check_devices(args.devices)
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources, steps
+    from jaxdissect.dissect import steps
+    from jaxdissect.data import sources
     from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import classifier_ablation as ca
     from jaxdissect.experiments.class_metrics import ClassCounts

@@ -35,7 +35,8 @@ from jaxdissect import cli, parallel
 from jaxdissect.array_cache import cache_bytes
 from jaxdissect.capture import layer_shapes
 from jaxdissect.compilation_cache import enable_compilation_cache
-from jaxdissect.dissect import DissectConfig, dissect, sources
+from jaxdissect.dissect import DissectConfig, dissect
+from jaxdissect.data import sources
 from jaxdissect.dissect.run import DissectRun
 from jaxdissect.models import get_spec
 

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     cli.check_devices(args.devices)
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
     from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.experiments import generator_intervention as gi
     from jaxdissect.models import load

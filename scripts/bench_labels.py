@@ -25,7 +25,7 @@ from jaxdissect import stats
 from jaxdissect.capture import capture_fn
 from jaxdissect.dissect import labelling
 from jaxdissect.dissect.formulas import FormulaTally, search_formulas
-from jaxdissect.dissect.sources import ScenesSource
+from jaxdissect.data.sources import ScenesSource
 from jaxdissect.models import load
 from jaxdissect.segment.toy import subsample_labels
 from jaxdissect.upsample import upsampler

@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace):
-    from jaxdissect.dissect.pipeline import MODEL_ALIASES
+    from jaxdissect.dissect.config import MODEL_ALIASES
     from jaxdissect.experiments.shape_bias import ShapeBiasConfig
 
     if not 0 < args.quantile < 1:

@@ -38,8 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxdissect.dissect import sources
-    from jaxdissect.dissect.pipeline import MODEL_ALIASES, dataset_short_name, resolve_layers
+    from jaxdissect.data import sources
+    from jaxdissect.dissect.config import MODEL_ALIASES
+    from jaxdissect.dissect.run import dataset_short_name, resolve_layers
     from jaxdissect.experiments import classifier_ablation, unit_selectivity
     from jaxdissect.models import load
     from jaxdissect.results import DissectionResults

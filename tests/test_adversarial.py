@@ -196,12 +196,13 @@ def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
     recomputing it: here from a source that fails on its first read."""
     from jaxdissect import parallel
     from jaxdissect.experiments import classifier_ablation as ca
+    from jaxdissect.passes import StageStore
 
     result = run_planted(tmp_path)
     model = planted_model()
     icfg = ca.InterventionConfig(model=model.name, dataset="planted", outdir=str(tmp_path), batch_size=8,
                                  progress=False)
-    stages = ca._Stages(ca.experiment_dir(icfg, model.name, "units"))
+    stages = StageStore(ca.experiment_dir(icfg, model.name, "units"))
     train, _ = planted_sources()
     unreadable = ArraySource(train.images, train.labels, train.classes, fail_at_call=0)
     single = np.concatenate([np.zeros((1, U), np.float32), np.eye(U, dtype=np.float32)])

@@ -341,7 +341,7 @@ def test_finished_pass_is_read_back_not_recomputed(fns, tmp_path):
     stack = gi.ablation_stack(np.eye(4, dtype=np.float32))
     first = CountingSource(24)
     done = gi.segclass_stats(fns, runner(tmp_path, 2), first, stack, "single", {"units": [1]})
-    assert first.loaded == 24 and os.path.isdir(tmp_path / "passes" / "single")
+    assert first.loaded == 24 and os.path.isdir(tmp_path / "stages" / "single")
     again = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24, fail=True), stack, "single", {"units": [1]})
     assert set(again) == set(done)
     for k in done:
@@ -349,7 +349,17 @@ def test_finished_pass_is_read_back_not_recomputed(fns, tmp_path):
             np.testing.assert_array_equal(np.asarray(getattr(again[k], field)), np.asarray(getattr(done[k], field)))
 
 
-@pytest.mark.parametrize("change", ["fingerprint", "edits", "samples", "batch", "weights"])
+def test_another_batch_size_reads_the_finished_pass_back(fns, tmp_path):
+    """What a pass computes does not depend on how its samples are batched (states merge), so
+    another batch size reuses the finished pass (and a checkpoint, from the samples done)."""
+    eye = np.eye(4, dtype=np.float32)
+    first = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24), gi.ablation_stack(eye), "p", {"units": [1]})
+    again = gi.segclass_stats(fns, runner(tmp_path, 2, 16), CountingSource(24, fail=True), gi.ablation_stack(eye), "p",
+                              {"units": [1]})
+    np.testing.assert_array_equal(np.asarray(again["delta"].mean()), np.asarray(first["delta"].mean()))
+
+
+@pytest.mark.parametrize("change", ["fingerprint", "edits", "samples", "weights"])
 def test_changed_setting_recomputes_the_pass(fns, tmp_path, change):
     eye = np.eye(4, dtype=np.float32)
     stale = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24), gi.ablation_stack(eye), "p", {"units": [1]})
@@ -363,8 +373,6 @@ def test_changed_setting_recomputes_the_pass(fns, tmp_path, change):
         masks = eye[::-1].copy()  # as many edits, other units
     elif change == "samples":
         n = 16
-    else:
-        batch = 16
     src = CountingSource(n)
     out = gi.segclass_stats(fns, runner(tmp_path, 2, batch), src, gi.ablation_stack(masks), "p", fp)
     assert src.loaded == n  # every sample read again

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxdissect.dissect.sources import Batch
+from jaxdissect.data.sources import Batch
 from jaxdissect.segment.broden import BrodenSegmentation
 
 PREFIX = "broden:"

@@ -23,7 +23,7 @@ from PIL import Image
 
 from jaxdissect.data.image_folder import find_images, prepare_image
 from jaxdissect.data.scenes import Scenes
-from jaxdissect.dissect.sources import Batch, ScenesSource
+from jaxdissect.data.sources import Batch, ScenesSource
 
 STYLIZED_SUFFIX = re.compile(r"-stylized-[^/]*$")
 SHOWN = 10  # file names listed per kind of problem in a message

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from jaxdissect import parallel
-from jaxdissect.dissect import sources
+from jaxdissect.data import sources
 from jaxdissect.dissect.config import DissectConfig
 from jaxdissect.dissect.run import DissectRun
 from jaxdissect.passes import CheckpointPolicy

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxdissect.atomic import atomic_write_text
-from jaxdissect.dissect import sources
+from jaxdissect.data import sources
 from jaxdissect.report.bargraph import concept_bargraph_svg
 from jaxdissect.report.html import write_report_html
 from jaxdissect.report.report_json import make_report, write_report_json

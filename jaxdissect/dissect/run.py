@@ -26,7 +26,8 @@ from jaxdissect.data.broden_source import BrodenSource, parse_broden_name
 from jaxdissect.data.paired import STYLIZED_SCENES, StylizedScenesSource
 from jaxdissect.data.places import ensure_places_val
 from jaxdissect.data.tfds_images import parse_tfds_name
-from jaxdissect.dissect import identity, sources
+from jaxdissect.dissect import identity
+from jaxdissect.data import sources
 from jaxdissect.dissect.config import DissectConfig
 from jaxdissect.models import load
 from jaxdissect.models.registry import LoadedModel

@@ -12,7 +12,8 @@ import numpy as np
 from jaxdissect import parallel
 from jaxdissect import fingerprint as fp
 from jaxdissect.config_error import UserError
-from jaxdissect.dissect import sources, steps
+from jaxdissect.dissect import steps
+from jaxdissect.data import sources
 from jaxdissect.dissect.feeds import agreed, assemble, checkpoint_policy, local_parts, local_positions
 from jaxdissect.dissect.run import DissectRun
 from jaxdissect.dissect.stage_store import STAGE_ACTIVATIONS, load_stage, save_errors, save_stage

@@ -14,7 +14,8 @@ import numpy as np
 from jaxdissect import parallel
 from jaxdissect import fingerprint as fp
 from jaxdissect.atomic import atomic_write_text
-from jaxdissect.dissect import sources, steps
+from jaxdissect.dissect import steps
+from jaxdissect.data import sources
 from jaxdissect.dissect.clip_labels import ClipLabels
 from jaxdissect.dissect.clip_labels import label_units as clip_label_units
 from jaxdissect.dissect.feeds import agreed, assemble, checkpoint_policy, local_parts, local_positions, replay, use_cache

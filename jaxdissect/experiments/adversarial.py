@@ -30,6 +30,7 @@ import numpy as np
 from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments import attacks
 from jaxdissect.experiments import classifier_ablation as ca
+from jaxdissect.passes import StageStore
 
 IMPORTANT_UNITS = 4  # the paper's "4 most important units" of a class
 CI99 = 2.58  # the original's 99% factor on the standard error
@@ -231,7 +232,7 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
                                  weights=config.weights, batch_size=config.batch_size, mask_chunk=config.mask_chunk,
                                  checkpoint_every=config.checkpoint_every, progress=config.progress)
     directory = ca.experiment_dir(icfg, model.name, layer)
-    stages = ca._Stages(directory)
+    stages = StageStore(directory)
     units = int(jax.eval_shape(ca.layer_forward(model, layer), model.variables,
                                jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)).shape[-1])
     single = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
@@ -258,7 +259,7 @@ def select_images(model, source, targets: Sequence[int], per_target: int, seed: 
     whose true and predicted class are both not the target: ({target: indices}, {target: true labels}).
     Predictions are made batch by batch until every target has enough (cached in `cache`)."""
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     order = np.random.default_rng(seed).permutation(len(source)).astype(np.int64)
     key = {"order": _hash(order), "n": len(source)}
@@ -339,7 +340,7 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
     read back instead of recomputed. Each process loads and attacks only its devices' rows.
     `fingerprint` is `ca.stage_fingerprint(model, layer)` when the caller has it already."""
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     size = parallel.padded_batch_size(config.batch_size, mesh)
     step = shard_step(attack_step(model, layer, config.attack), mesh)

@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import checkpoints, parallel
 from jaxdissect.config_error import ConfigError
 from jaxdissect.data.places import is_places365
+from jaxdissect.passes import StageStore
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
                                                tally_arrays)
@@ -108,7 +110,7 @@ def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> s
 
 def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     """(ranking source, measuring source): scenes train/val, Places365 train/val, or a folder's."""
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     size = int(model.input_size[0])
     if config.dataset == "scenes":
@@ -196,56 +198,22 @@ def resolve_classes(names: Sequence[str | int], class_names: Sequence[str]) -> t
     return tuple(out)
 
 
-class _Stages:
-    """Finished stages as .npz files in <dir>/stages; running ones checkpoint in <dir>/checkpoints."""
-
-    def __init__(self, directory: str):
-        self.directory = directory
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.directory, "stages", f"{name}.npz")
-
-    def load(self, name: str, fingerprint: dict) -> dict | None:
-        try:
-            with np.load(self.path(name)) as z:
-                if json.loads(str(z["fingerprint"])) != fingerprint:
-                    return None
-                return {k: z[k] for k in z.files if k != "fingerprint"}
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            return None
-
-    def save(self, name: str, fingerprint: dict, arrays: dict) -> None:
-        import io
-
-        from jaxdissect.atomic import atomic_write_bytes
-
-        buf = io.BytesIO()
-        np.savez(buf, fingerprint=np.asarray(json.dumps(fingerprint, sort_keys=True)), **arrays)
-        atomic_write_bytes(self.path(name), buf.getvalue())
-
-    def checkpoint(self, name: str) -> str:
-        return os.path.join(self.directory, "checkpoints", name)
-
-
-def run_masks_stage(stages: _Stages, name: str, model, layer: str, source, masks: np.ndarray, num_classes: int,
-                    config: InterventionConfig, mesh, fingerprint: dict, desc: str) -> dict[str, np.ndarray]:
-    """Metrics {name: (M, classes)} of a mask set on a source: cached, or computed with resume."""
-    import shutil
-
-    from jaxdissect import parallel
-
+def run_masks_stage(stages: StageStore, name: str, model, layer: str, source, masks: np.ndarray,
+                    num_classes: int, config: InterventionConfig, mesh, fingerprint: dict,
+                    desc: str) -> dict[str, np.ndarray]:
+    """Metrics {name: (M, classes)} of a mask set on a source: stored, or computed with resume."""
     fingerprint = {**fingerprint, "masks": masks_digest(masks), "samples": len(source)}
     cached = stages.load(name, fingerprint)
     if cached is not None:
         return cached
     counts = evaluate_masks(model, layer, source, masks, num_classes, mesh=mesh, batch_size=config.batch_size,
-                            chunk=config.mask_chunk, checkpoint=stages.checkpoint(name),
+                            chunk=config.mask_chunk, checkpoint=stages.directory, name=name,
                             checkpoint_every=config.checkpoint_every, fingerprint=fingerprint,
                             progress=config.progress, desc=desc)
     out = {**counts.metrics(), **{f"tally_{k}": v for k, v in tally_arrays(counts).items()}}
     if parallel.is_primary():
         stages.save(name, fingerprint, out)
-        shutil.rmtree(stages.checkpoint(name), ignore_errors=True)
+        checkpoints.remove(os.path.join(stages.directory, "checkpoints", name))
     parallel.barrier(f"ablation-stage-{name}")
     return out
 
@@ -306,7 +274,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     _check_source_classes(val_source, class_names, "measuring")
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)
-    stages = _Stages(directory)
+    stages = StageStore(directory)
     base_fp = stage_fingerprint(model, layer)
     ranking_fp = {**base_fp, "tie_break": bool(config.tie_break)}
 

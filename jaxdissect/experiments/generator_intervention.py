@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -31,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect import parallel, stats
-from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect import checkpoints, parallel
 from jaxdissect.config_error import ConfigError
-from jaxdissect.dissect import runstate, sources, steps
+from jaxdissect.data import sources
+from jaxdissect.dissect import runstate, steps
+from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
     ablation_stack, insertion_stack, stack_size, conditional_update, conditional_readout)
@@ -160,8 +160,9 @@ def insertion_step(fns: GeneratorFns, chunk: int = 8) -> Callable:
 
 @dataclasses.dataclass
 class PassRunner:
-    """Runs per-device steps over a z source on a mesh, checkpointing every few batches into
-    `directory/checkpoints/<name>` and keeping finished passes in `directory/passes/<name>`."""
+    """Runs per-device steps over a z source on a mesh through the resumable pass engine
+    (checkpoints in `directory/checkpoints/<name>`), keeping finished passes, with their
+    fingerprints, in `directory/stages/<name>`."""
 
     directory: str
     mesh: jax.sharding.Mesh
@@ -169,80 +170,27 @@ class PassRunner:
     checkpoint_every: int = 25
     progress: bool = True
 
-    def _final_dir(self, name):
-        return os.path.join(self.directory, "passes", name)
-
-    def load_final(self, name: str, fingerprint: dict) -> dict | None:
-        try:
-            path = existing_version(self._final_dir(name))
-        except FileNotFoundError:
-            return None
-        try:
-            with open(os.path.join(path, "fingerprint.json")) as f:
-                if json.load(f) != fingerprint:
-                    return None
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return {k: stats.load(os.path.join(path, k)) for k in sorted(os.listdir(path)) if k != "fingerprint.json"}
-
-    def save_final(self, name: str, states: dict, fingerprint: dict) -> None:
-        with atomic_directory(self._final_dir(name)) as tmp:
-            for key, state in states.items():
-                stats.save(os.path.join(tmp, key), state)
-            with open(os.path.join(tmp, "fingerprint.json"), "w") as f:
-                json.dump(fingerprint, f, indent=1)
-
     def run(self, name: str, per_device: Callable, empty: dict, replicated: Any, source, fingerprint: dict,
-            stop_after: int | None = None) -> dict:
+            stop_after: int | None = None) -> dict | None:
         """Merged states of the pass (loaded when already finished with the same fingerprint).
         `stop_after` batches (for tests of resuming) leaves the pass unfinished and returns None."""
-        fingerprint = json.loads(json.dumps({**fingerprint, "samples": len(source), "batch_size": self.batch_size}))
-        done = self.load_final(name, fingerprint)
+        fingerprint = {**fingerprint, "samples": len(source)}
+        store = StageStore(self.directory)
+        done = store.load(name, fingerprint)
         if done is not None:
             return done
-        ranges = sources.batch_ranges(len(source), self.batch_size)
-        start, states = 0, dict(empty)
-        resumed = runstate.load_pass(self.directory, name, empty)
-        if resumed is not None:
-            saved, progress = resumed
-            if progress.get("fingerprint") == fingerprint:
-                states, start = saved, int(progress["batches_done"])
-        mesh = self.mesh
-        stacked = {k: steps.place_first(states[k], empty[k], mesh) for k in empty}
-        replicated = parallel.replicate(mesh, replicated)
-        step = steps.sharded_pass(per_device, mesh, 3)
-        rows = parallel.local_rows(mesh, self.batch_size)
-        positions = np.concatenate([r for _, r in rows])
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(source), desc=name, unit="img", dynamic_ncols=True,
-                   disable=not (self.progress and parallel.is_primary()))
-        bar.update(sum(len(r) for r in ranges[:start]))
-        for b, batch in enumerate(sources.prefetch(source, ranges[start:], positions), start):
-            args = [parallel.assemble(mesh, rows, a, self.batch_size) for a in (batch.inputs, batch.indices, batch.ok)]
-            stacked = step(stacked, replicated, *args)
-            bar.update(len(ranges[b]))
-            finished = b + 1
-            stopping = stop_after is not None and finished - start >= stop_after
-            if finished < len(ranges) and (stopping or finished % self.checkpoint_every == 0):
-                self._checkpoint(name, stacked, {"batches_done": finished, "fingerprint": fingerprint})
-                if stopping:
-                    bar.close()
-                    return None
-        bar.close()
-        merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+        spec = PassSpec(name, self.directory, fingerprint, name)
+        step = steps.sharded_pass(per_device, self.mesh, 3)
+        merged = run_over_source(spec, empty, self.mesh, source, self.batch_size, step, replicated,
+                                 lambda b: (b.inputs, b.indices, b.ok), policy=CheckpointPolicy(every=self.checkpoint_every),
+                                 progress=self.progress, stop_after=stop_after)
+        if merged is None:
+            return None
         if parallel.is_primary():
-            self.save_final(name, merged, fingerprint)
-            runstate.clear_pass(self.directory, name)
+            store.save(name, fingerprint, merged)
+            checkpoints.remove(spec.checkpoint_dir)
         parallel.barrier(f"{name}-final")
         return merged
-
-    def _checkpoint(self, name: str, stacked: dict, progress: dict) -> None:
-        """Merge the per-device states; process 0 writes them; every process waits."""
-        merged = parallel.to_host(steps.merge_over_mesh(stacked, self.mesh))
-        if parallel.is_primary():
-            runstate.save_pass(self.directory, name, merged, progress)
-        parallel.barrier(f"checkpoint-{name}-{progress['batches_done']}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -25,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxdissect import parallel, stats
+from jaxdissect import checkpoints, parallel
 from jaxdissect.dissect import runstate, steps
+from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
+from jaxdissect.segment.toy import subsample_labels
 from jaxdissect.stats import IoUTally, MaskAgreement, QuantileSketch, TopK
 from jaxdissect.upsample import Upsampler
 
@@ -233,7 +234,7 @@ def paired_name(config: ShapeBiasConfig) -> str:
 def experiment_dir(config: ShapeBiasConfig, model_name: str) -> str:
     """<outdir>/<model>-[<dataset>-]<paired dataset>-shapebias[-<quantile*1000>] (the dataset's
     name left out when the paired one starts with it, e.g. toy_classifier-scenes-stylized-shapebias)."""
-    from jaxdissect.dissect.pipeline import dataset_short_name
+    from jaxdissect.dissect.run import dataset_short_name
 
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
     first, second = dataset_short_name(config.dataset), dataset_short_name(paired_name(config))
@@ -249,7 +250,7 @@ class _Setup:
     def __init__(self, config: ShapeBiasConfig, model=None, source=None, segmenter=None):
         from jaxdissect.capture import capture_fn
         from jaxdissect.data.paired import paired_source
-        from jaxdissect.dissect.pipeline import resolve_layers
+        from jaxdissect.dissect.run import resolve_layers
         from jaxdissect.models import load
         from jaxdissect.upsample import layer_geometry, upsampler
 
@@ -324,81 +325,35 @@ def _fingerprint(setup: _Setup, name: str, **extra) -> dict:
     cfg = setup.config
     return {"pass": name, "model": stage_fingerprint(setup.model, setup.layers[0]), "layers": list(setup.layers),
             "dataset": cfg.dataset, "paired": setup.paired, "pattern": cfg.pattern, "samples": len(setup.source),
-            "batch_size": setup.batch_size, **extra}
+            **extra}
 
 
-def _run_pass(setup: _Setup, name: str, per_device: Callable, empty: dict, replicated: Any, with_truth: bool,
-              fingerprint: dict, desc: str) -> dict:
-    """One pass over every pair with resume (checkpoints via runstate), sharded over the mesh;
-    each process loads only the rows its devices hold."""
-    from tqdm.auto import tqdm
+def _pass(setup: _Setup, name: str, per_device: Callable, empty: dict, replicated: Any, with_truth: bool,
+          fingerprint: dict, desc: str) -> dict:
+    """One pass over every pair through the resumable pass engine (stored with its fingerprint
+    when finished, loaded instead when already stored); each process loads only its rows."""
+    store = StageStore(setup.directory)
+    done = store.load(name, fingerprint, empty)
+    if done is not None:
+        return done
 
-    cfg, mesh, directory = setup.config, setup.mesh, setup.directory
-    start, states = 0, dict(empty)
-    resumed = runstate.load_pass(directory, name, empty)
-    if resumed is not None and resumed[1].get("fingerprint") == fingerprint:
-        states, start = resumed[0], int(resumed[1]["batches_done"])
-    stacked = {k: steps.place_first(states[k], empty[k], mesh) for k in empty}
-    step = steps.sharded_pass(per_device, mesh, 6 if with_truth else 4)
-    rows = parallel.local_rows(mesh, setup.batch_size)
-    positions = np.concatenate([r for _, r in rows])
-    ranges = [np.arange(s, min(s + setup.batch_size, len(setup.source)))
-              for s in range(0, len(setup.source), setup.batch_size)]
-    bar = tqdm(total=len(setup.source), desc=desc, unit="pair", disable=not (cfg.progress and parallel.is_primary()))
-    bar.update(sum(len(r) for r in ranges[:start]))
-    for b in range(start, len(ranges)):
-        r = ranges[b]
-        valid = positions < len(r)
-        first, second = setup.source.load(r[np.minimum(positions, len(r) - 1)])
-        ok = first.ok & second.ok & valid
-        args = [first.inputs, second.inputs, first.indices, ok]
+    def batch_args(pair):
+        first, second = pair
+        args = [first.inputs, second.inputs, first.indices, first.ok & second.ok]
         if with_truth:
-            args += [_subsample(b.segmentation, setup.downsample) for b in (first, second)]
-        args = [parallel.assemble(mesh, rows, np.ascontiguousarray(a), setup.batch_size) for a in args]
-        stacked = step(stacked, replicated, *args)
-        bar.update(len(r))
-        if cfg.checkpoint_every and (b + 1) % cfg.checkpoint_every == 0 and b + 1 < len(ranges):
-            merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
-            if parallel.is_primary():
-                runstate.save_pass(directory, name, merged, {"batches_done": b + 1, "fingerprint": fingerprint})
-            parallel.barrier(f"shapebias-{name}-{b}")
-    bar.close()
-    return parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+            args += [subsample_labels(b.segmentation, setup.downsample) for b in (first, second)]
+        return [np.ascontiguousarray(a) for a in args]
 
-
-def _subsample(seg: np.ndarray, downsample: int) -> np.ndarray:
-    from jaxdissect.segment.toy import subsample_labels
-
-    return subsample_labels(seg, downsample)
-
-
-def _stats_dir(setup: _Setup, layer: str) -> str:
-    return os.path.join(setup.directory, "stats", layer)
-
-
-def _load_finished(setup: _Setup, what: str, template: dict, fingerprint: dict) -> dict | None:
-    """Finished per-layer states of pass `what`, if saved with this fingerprint."""
-    try:
-        with open(os.path.join(setup.directory, "stats", f"{what}.json")) as f:
-            if json.load(f) != fingerprint:
-                return None
-        out = {}
-        for l, state in template.items():
-            fields = {f.name: stats.load(os.path.join(_stats_dir(setup, l), f.name))
-                      for f in dataclasses.fields(state)}
-            out[l] = state.replace(**fields)
-        return out
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _save_finished(setup: _Setup, what: str, states: dict, fingerprint: dict) -> None:
-    from jaxdissect.atomic import atomic_write_text
-
-    for l, state in states.items():
-        for f in dataclasses.fields(state):
-            stats.save(os.path.join(_stats_dir(setup, l), f.name), getattr(state, f.name))
-    atomic_write_text(os.path.join(setup.directory, "stats", f"{what}.json"), json.dumps(fingerprint, indent=1))
+    cfg = setup.config
+    spec = PassSpec(name, setup.directory, fingerprint, desc)
+    step = steps.sharded_pass(per_device, setup.mesh, 6 if with_truth else 4)
+    merged = run_over_source(spec, empty, setup.mesh, setup.source, setup.batch_size, step, replicated, batch_args,
+                             policy=CheckpointPolicy(every=cfg.checkpoint_every or None), progress=cfg.progress)
+    if parallel.is_primary():
+        store.save(name, fingerprint, merged)
+        checkpoints.remove(spec.checkpoint_dir)
+    parallel.barrier(f"shapebias-{name}-saved")
+    return merged
 
 
 def pass_pair_stats(setup: _Setup) -> dict:
@@ -406,21 +361,13 @@ def pass_pair_stats(setup: _Setup) -> dict:
     cfg = setup.config
     empty = {l: PairStats.create(setup.units[l], cfg.topk, cfg.resolution) for l in setup.layers}
     fp = _fingerprint(setup, "pair_stats", topk=cfg.topk, resolution=cfg.resolution)
-    done = _load_finished(setup, "pair_stats", empty, fp)
-    if done is not None:
-        return done
 
     def per_device(state, variables, first, second, indices, ok):
         a, b = setup.activations(variables, first, second)
         return {l: update_pair_stats(state[l], a[l], b[l], setup.upsamplers[l], indices, ok) for l in setup.layers}
 
-    merged = _run_pass(setup, "pair_stats", per_device, empty, parallel.replicate(setup.mesh, setup.model.variables),
-                       False, fp, "pass 1/2: thresholds on both sets")
-    if parallel.is_primary():
-        _save_finished(setup, "pair_stats", merged, fp)
-        runstate.clear_pass(setup.directory, "pair_stats")
-    parallel.barrier("shapebias-pass1-saved")
-    return merged
+    return _pass(setup, "pair_stats", per_device, empty, setup.model.variables, False, fp,
+                 "pass 1/2: thresholds on both sets")
 
 
 def pass_pair_tallies(setup: _Setup, thresholds: dict) -> dict:
@@ -429,9 +376,6 @@ def pass_pair_tallies(setup: _Setup, thresholds: dict) -> dict:
     fp = _fingerprint(setup, "pair_tallies", seg=setup.config.seg or ("scenes" if setup.truth else "netpqc"),
                       thresholds={l: [float(np.sum(t[0], dtype=np.float64)), float(np.sum(t[1], dtype=np.float64))]
                                   for l, t in thresholds.items()})
-    done = _load_finished(setup, "pair_tallies", empty, fp)
-    if done is not None:
-        return done
     truth = bool(setup.truth)
 
     def per_device(state, replicated, first, second, indices, ok, *segs):
@@ -442,14 +386,8 @@ def pass_pair_tallies(setup: _Setup, thresholds: dict) -> dict:
                                        ok) for l in setup.layers}
 
     thr = {l: (jnp.asarray(t[0]), jnp.asarray(t[1])) for l, t in thresholds.items()}
-    merged = _run_pass(setup, "pair_tallies", per_device, empty,
-                       parallel.replicate(setup.mesh, (setup.model.variables, thr)), truth, fp,
-                       "pass 2/2: labels and mask agreement")
-    if parallel.is_primary():
-        _save_finished(setup, "pair_tallies", merged, fp)
-        runstate.clear_pass(setup.directory, "pair_tallies")
-    parallel.barrier("shapebias-pass2-saved")
-    return merged
+    return _pass(setup, "pair_tallies", per_device, empty, (setup.model.variables, thr), truth, fp,
+                 "pass 2/2: labels and mask agreement")
 
 
 def layer_readout(layer: str, stats_: PairStats, tallies: PairTallies, thresholds: tuple[np.ndarray, np.ndarray],
