@@ -409,9 +409,8 @@ def test_run_interventions_end_to_end(tmp_path, monkeypatch):
     assert "Generator interventions" in page and "generator_intervention/removal_tree.png" in page
     # a second run reuses every finished pass and renders the section once
     computed = []
-    save_final = gi.PassRunner.save_final
-    monkeypatch.setattr(gi.PassRunner, "save_final",
-                        lambda self, name, *a: (computed.append(name), save_final(self, name, *a)))
+    save = gi.StageStore.save
+    monkeypatch.setattr(gi.StageStore, "save", lambda self, name, *a: (computed.append(name), save(self, name, *a)))
     gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
     assert computed == []
     page = open(os.path.join(os.path.dirname(d), "report.html")).read()

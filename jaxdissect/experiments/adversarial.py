@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.config_error import ConfigError
-from jaxdissect.experiments import attacks
+from jaxdissect.capture import capture
+from jaxdissect.experiments import adversarial_report, attacks
 from jaxdissect.experiments import classifier_ablation as ca
 from jaxdissect.passes import StageStore
 
@@ -384,6 +385,37 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
                         peak_orig=cat("peak_orig", np.float32), peak_adv=cat("peak_adv", np.float32))
 
 
+def layer_maps(model, layer: str, images01: np.ndarray) -> np.ndarray:
+    """The layer's activations (N, h, w, units) on images in [0, 1]."""
+    _, acts = capture(model, attacks.model_input(model)(jnp.asarray(images01, jnp.float32)), layer)
+    return np.asarray(acts[layer])
+
+
+def collect_examples(result, model, per_target: int) -> list[adversarial_report.Example]:
+    """Up to `per_target` successful attacks per target with the layer's maps on both images,
+    for the report's pictures (read from the saved batches; the layer runs on them here)."""
+    out = []
+    for name, rec in result.records.items():
+        shown, b = 0, 0
+        while shown < per_target and os.path.exists(batch_path(result.directory, name, b)):
+            batch = load_batch(batch_path(result.directory, name, b))
+            b += 1
+            ok = np.flatnonzero(batch["success"])[: per_target - shown]
+            if ok.size == 0:
+                continue
+            orig = batch["original"][ok].astype(np.float32) / 255.0
+            adv = batch["adversarial"][ok]
+            maps_o, maps_a = layer_maps(model, result.layer, orig), layer_maps(model, result.layer, adv)
+            if maps_o.ndim != 4:
+                return out  # a layer without space (fc): nothing to outline
+            for j, i in enumerate(ok):
+                out.append(adversarial_report.Example(name, int(batch["indices"][i]), orig[j], adv[j], maps_o[j],
+                                                      maps_a[j], int(batch["source"][i]), int(batch["predicted"][i]),
+                                                      rec.target))
+                shown += 1
+    return out
+
+
 def summarize(records: dict, ranking: np.ndarray, k: int = IMPORTANT_UNITS) -> dict:
     """Success rate, perturbation norms and the three groups' |peak change| (successful attacks
     only), per target and pooled over targets."""
@@ -430,7 +462,6 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
     from jaxdissect.dissect.run import resolve_layers
-    from jaxdissect.experiments import adversarial_report
     from jaxdissect.models import load
 
     if model is None:
@@ -501,7 +532,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
                                    attack=attack_description(config.attack), class_names=class_names,
                                    ranking=ranking, records=records, summary=summary)
         if parallel.is_primary():
-            adversarial_report.write_outputs(result, model, examples=config.examples,
+            adversarial_report.write_outputs(result, collect_examples(result, model, config.examples),
                                              threshold=config.delta_threshold)
         parallel.barrier("adversarial-written")
     return result

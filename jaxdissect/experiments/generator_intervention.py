@@ -34,6 +34,8 @@ from jaxdissect import checkpoints, parallel
 from jaxdissect.config_error import ConfigError
 from jaxdissect.data import sources
 from jaxdissect.dissect import runstate, steps
+from jaxdissect.data.zdataset import standard_z_sample
+from jaxdissect.experiments import generator_report
 from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
@@ -191,6 +193,45 @@ class PassRunner:
             checkpoints.remove(spec.checkpoint_dir)
         parallel.barrier(f"{name}-final")
         return merged
+
+
+def example_images(res, fns, examples: int = 3, candidates: int = 24) -> tuple[np.ndarray, np.ndarray, list]:
+    """(ablation grid, insertion grid, shown ablation counts): images of the z (among the first
+    `candidates`) with the most pixels of each class; insertion at the best and worst context."""
+    z = standard_z_sample(candidates, int(fns.model.z_dim))
+    labels = fns.labels
+    images, _ = fns.forward(fns.model.variables, jnp.asarray(z))
+    seg = fns.segment(images)
+    counts = np.asarray(class_counts(seg, fns.num_labels))
+    scale = max(1, 128 // fns.image_hw[0])
+
+    r = res.removal
+    shown = [n for n in (0, 2, 4, 8, 20, 30) if n <= r.counts[-1]]
+    pick = np.argsort(-counts[:, labels.index(r.label)], kind="stable")[:examples]
+    masks = best_units_masks(r.units, int(r.counts[-1]), fns.num_units)[shown]
+    abl = ablation_examples(fns, z[pick], masks)  # (K, N, H, W, 3)
+    ablation_grid = generator_report.grid_image([[abl[k, i] for k in range(len(shown))] for i in range(len(pick))], scale=scale)
+
+    c = res.context
+    rows = c.rows(1)
+    ctx = np.asarray(context_labels(seg, fns.layer_hw, fns.num_labels))  # (N, h, w, L)
+    best_ctx = [labels.index(x["context"]) for x in rows[:1]]
+    worst_ctx = [labels.index(x["context"]) for x in rows[-1:]]
+    ins_pick = np.argsort(-ctx[..., best_ctx].sum((1, 2, 3)), kind="stable")[:examples] if best_ctx else pick
+    h, w = fns.layer_hw
+    cy, cx = fns.image_hw[0] // h, fns.image_hw[1] // w
+    grid_rows = []
+    for i in ins_pick:
+        locs = []
+        for want in (best_ctx, worst_ctx):
+            cells = np.argwhere(ctx[i][..., want].any(-1)) if want else np.zeros((0, 2), int)
+            locs.append(tuple(int(v) for v in cells[len(cells) // 2]) if len(cells) else (h // 2, w // 2))
+        orig, ins = insertion_examples(fns, z[i:i + 1], c.units, c.values, locs)
+        row = [orig[0]]
+        for k, (y, x) in enumerate(locs):
+            row.append(generator_report.draw_box(ins[k, 0], y * cy, x * cx, (y + 1) * cy, (x + 1) * cx))
+        grid_rows.append(row)
+    return ablation_grid, generator_report.grid_image(grid_rows, scale=scale), shown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +459,6 @@ def run_interventions(config: InterventionConfig = InterventionConfig(), *, mode
                       segmenter=None) -> InterventionResult:
     """Dissect (if needed), then run the ablation and insertion experiments and write their
     tables, plots, strips and report section into `<dissection folder>/generator_intervention`."""
-    from jaxdissect.experiments import generator_report
 
     timings = {}
     t0 = time.perf_counter()
@@ -468,5 +508,6 @@ def run_interventions(config: InterventionConfig = InterventionConfig(), *, mode
         res = InterventionResult(out, result.layer, removal, context, single, np.asarray(best["baseline"].mean()),
                                  labels.names, timings)
         if parallel.is_primary():
-            generator_report.write_outputs(res, fns, result, min_context_samples=config.min_context_samples)
+            generator_report.write_outputs(res, example_images(res, fns), result,
+                                           min_context_samples=config.min_context_samples)
     return res

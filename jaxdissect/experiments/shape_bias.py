@@ -26,13 +26,12 @@ from flax import struct
 
 from jaxdissect import checkpoints, parallel
 from jaxdissect.dissect import runstate, steps
+from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
 from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.segment.toy import subsample_labels
 from jaxdissect.stats import IoUTally, MaskAgreement, QuantileSketch, TopK
 from jaxdissect.upsample import Upsampler
 
-SHAPE_CATEGORIES = ("object", "part")
-SURFACE_CATEGORIES = ("material", "color")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,15 +109,6 @@ def update_pair_tallies(state: PairTallies, first: jax.Array, second: jax.Array,
 
 # ---------------------------------------------------------------------------------------------
 # Readouts
-
-
-def group_of(category: str) -> str | None:
-    """'shape' for object/part labels, 'surface' for material/color, None otherwise."""
-    if category in SHAPE_CATEGORIES:
-        return "shape"
-    if category in SURFACE_CATEGORIES:
-        return "surface"
-    return None
 
 
 def _stat(values: np.ndarray) -> dict:

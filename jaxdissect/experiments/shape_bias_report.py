@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
+from jaxdissect.experiments.label_groups import group_of
 from jaxdissect.report.figures import figure_png, new_figure
 from jaxdissect.report.report_json import to_json_value
 
@@ -52,7 +53,6 @@ def tables(result, miniou: float) -> dict:
 
 
 def _group_values(result, lb, miniou: float, group: str) -> np.ndarray:
-    from jaxdissect.experiments.shape_bias import group_of
 
     sel = [(lb.ious[0][u] > miniou and group_of(result.label_categories[int(lb.labels[0][u])]) == group)
            for u in range(len(lb.agreement))]
