@@ -22,10 +22,9 @@ import numpy as np
 import optax
 
 import train_toy
-from jaxdissect.capture import capture_fn
+from jaxdissect.capture import capture_views_fn
 from jaxdissect.data.scenes import Scenes
 from jaxdissect.models import registry
-from jaxdissect.models.views import spatial_view
 from jaxdissect.models.weights_io import save_weights
 from jaxdissect.segment.toy import subsample_labels
 
@@ -53,14 +52,16 @@ def scene_images(split: str, n: int, seed: int, cache: str | None = None) -> tup
     return images, scenes
 
 
-def measure_blocks(module, variables, model: registry.LoadedModel, layers: Sequence[str], args, n: int = 1000) -> dict:
+def measure_layers(model: registry.LoadedModel, layers: Sequence[str], seed: int, cache: str | None,
+                   n: int = 1000) -> dict:
     """Per layer: units, units with IoU > 0.04, their object/part concepts, every unit's best label,
-    from train_toy.dissect_units on n val scenes (quantile 0.995, ground truth at 64x64)."""
-    val = train_toy.scene_arrays("val", n, args.seed, args.cache)
+    by train_toy.dissect_units on n val scenes (quantile 0.995, ground truth at 64x64), each layer
+    read through its view (token layers as their patch grid)."""
+    val = train_toy.scene_arrays("val", n, seed, cache)
     bs = 50
-    forward = capture_fn(module, tuple(layers))
-    capture = jax.jit(lambda v, x: {layer: spatial_view(model, layer, a) for layer, a in forward(v, x, {})[1].items()})
-    acts = [capture(variables, train_toy.normalize_imagenet(val["image"][i:i + bs])) for i in range(0, n, bs)]
+    forward = capture_views_fn(model, tuple(layers))
+    acts = [forward(model.variables, train_toy.normalize_imagenet(val["image"][i:i + bs]), {})[1]
+            for i in range(0, n, bs)]
     segs = [subsample_labels(val["segmentation"][i:i + bs].astype(np.int32), 2) for i in range(0, n, bs)]
     out = {}
     for layer in layers:
@@ -68,10 +69,14 @@ def measure_blocks(module, variables, model: registry.LoadedModel, layers: Seque
                                          acts[0][layer].shape[-1], (64, 64))
         s = train_toy.dissection_summary(iou)
         s["images"] = n
-        train_toy.log(f"dissection of {layer}: {s['units_iou_gt']}/{s['units']} units with IoU > 0.04, "
+        train_toy.log(f"dissection of {model.name} {layer}: {s['units_iou_gt']}/{s['units']} units with IoU > 0.04, "
                       f"object/part concepts {s['object_part_concepts']}")
         out[layer] = s
     return out
+
+
+def block_layers(config) -> list[str]:
+    return ["patch_embed"] + [f"blocks.{i}" for i in range(int(config["depth"]))]
 
 
 def train_vit(args) -> dict:
@@ -107,8 +112,7 @@ def train_vit(args) -> dict:
     model = registry.LoadedModel(NAME, "classifier", module, params, config, spec.input_size, spec.normalization,
                                  spec.default_layer, spec.layer_names_for(config), None,
                                  layer_views=dict(spec.layer_views_for(config)))
-    blocks = ["patch_embed"] + [f"blocks.{i}" for i in range(int(config["depth"]))]
-    metrics["dissection"] = measure_blocks(module, params, model, blocks, args)
+    metrics["dissection"] = measure_layers(model, block_layers(config), args.seed, args.cache)
     return metrics
 
 
@@ -118,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(train_toy.DEFAULT_OUT))
     p.add_argument("--cache", default=None, help="folder to cache generated scenes (.npz)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)

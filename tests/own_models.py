@@ -58,8 +58,13 @@ class LinenCNN(nn.Module):
 CNN_LAYERS = ("features.conv1", "features.relu1", "features.conv2", "features.relu2", "features")
 
 
+def built(cls, seed, **kwargs):
+    """cls(nnx.Rngs(seed)): what a user's factory does."""
+    return cls(nnx.Rngs(seed), **kwargs)
+
+
 def make_nnx_cnn():
-    return NNXCNN(nnx.Rngs(0))
+    return built(NNXCNN, 0)
 
 
 def make_linen_cnn():
@@ -102,7 +107,7 @@ class NNXViT(nnx.Module):
 
 
 def make_nnx_vit():
-    return NNXViT(nnx.Rngs(1))
+    return built(NNXViT, 1)
 
 
 # ---- factories that go wrong --------------------------------------------------------------
@@ -141,4 +146,4 @@ class NNXFlat(nnx.Module):
 
 
 def make_nnx_flat():
-    return NNXFlat(nnx.Rngs(0))
+    return built(NNXFlat, 0)

@@ -3,7 +3,6 @@ the same layers, the same edited outputs and the same dissection."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 import jaxdissect
@@ -98,7 +97,7 @@ class Shared(nnx.Module):
 
 
 def test_shared_and_directly_called_submodules():
-    net = Shared(nnx.Rngs(0))
+    net = own_models.built(Shared, 0)
     module, variables = nnx_to_linen(net)
     model = LoadedModel("shared", "classifier", module, variables, {}, (16, 16), {}, "lin", ("lin",), None)
     out, acts = jaxdissect.capture(model, X, layers=("lin", "inner.conv1"))

@@ -52,7 +52,7 @@ def test_factory_returning_a_loaded_model_keeps_its_settings():
 
 
 def test_msgpack_weights_linen_and_nnx(tmp_path):
-    other = own_models.NNXCNN(nnx.Rngs(7))
+    other = own_models.built(own_models.NNXCNN, 7)
     params = own_models.linen_params_of(other)
     # Linen: the full variables or the params alone.
     for tree in (params, params["params"]):
@@ -69,7 +69,7 @@ def test_msgpack_weights_linen_and_nnx(tmp_path):
 def test_orbax_checkpoint_folder(tmp_path):
     import orbax.checkpoint as ocp
 
-    other = own_models.NNXCNN(nnx.Rngs(3))
+    other = own_models.built(own_models.NNXCNN, 3)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(tmp_path / "ckpt", jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(other))))
         ckpt.wait_until_finished()

@@ -185,20 +185,4 @@ def nnx_to_linen(module: nnx.Module, method: str = "__call__") -> tuple[NNXModul
     return NNXModule(graphdef, entries, method), jax.tree.map(np.asarray, variables)
 
 
-def linen_to_nnx_paths(variables: dict) -> dict[str, Any]:
-    """Flatten Linen-layout NNX variables ({collection: nested}) to {'path.to.leaf': array}."""
-    out = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, prefix + (k,))
-            else:
-                out[".".join(prefix + (k,))] = v
-
-    for tree in variables.values():
-        walk(dict(tree), ())
-    return out
-
-
 __all__ = ["NNXModule", "nnx_to_linen", "StateEntry", "state_entries", "Layer"]

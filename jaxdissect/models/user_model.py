@@ -11,7 +11,6 @@ attribute path. Every user mistake is a ValueError naming what is wrong.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -126,13 +125,13 @@ def resolve(path: str, what: str = "factory") -> Any:
 # ---- weights ---------------------------------------------------------------------------------
 def _plain(tree: Any) -> Any:
     """Nested mappings with string keys (msgpack and orbax give dicts; State/FrozenDict too)."""
-    if isinstance(tree, Mapping) or hasattr(tree, "items") and not hasattr(tree, "shape"):
+    if isinstance(tree, nnx.Variable):
+        return tree.get_value()
+    if isinstance(tree, Mapping) or (hasattr(tree, "items") and not hasattr(tree, "shape")):
         items = dict(tree.items())
         if set(items) == {"value"} and not isinstance(items["value"], Mapping):  # a saved nnx Variable
             return _plain(items["value"])
         return {str(k): _plain(v) for k, v in items.items()}
-    if isinstance(tree, nnx.Variable):
-        return tree.get_value()
     return tree
 
 
