@@ -225,9 +225,10 @@ def fit_weights(loaded: Mapping, expected: Mapping, source: str) -> dict:
 
 def _linen_weights(module: nn.Module, example: jax.ShapeDtypeStruct, weights: Any, key_map: Any) -> dict:
     key = jax.random.PRNGKey(0)
+    rngs = {"params": key, "dropout": key}  # modules with dropout ask for a 'dropout' key at init
     if weights is None:
-        return jax.tree.map(np.asarray, jax.jit(module.init)(key, jnp.zeros(example.shape, example.dtype)))
-    expected = jax.eval_shape(module.init, key, example)
+        return jax.tree.map(np.asarray, jax.jit(module.init)(rngs, jnp.zeros(example.shape, example.dtype)))
+    expected = jax.eval_shape(module.init, rngs, example)
     loaded = read_weights(weights, key_map)
     if "params" not in loaded and set(expected) == {"params"}:
         loaded = {"params": loaded}  # a file holding the params alone
