@@ -63,15 +63,31 @@ def markdown(rows: Sequence[tuple[str, dict, str, dict, dict]]) -> str:
     return "\n".join(lines)
 
 
+def dissect_heads(vit: models.LoadedModel, args) -> None:
+    """Every block's heads as units: the norm of each head's output at each patch."""
+    specs = [f"blocks.{i}.attn.heads:head_norms" for i in range(int(vit.config["depth"]))]
+    measured = train_toy_vit.measure_layers(vit, specs, 0, args.cache, args.images)
+    print("| block | head 0 | head 1 | head 2 | head 3 |\n|---|---|---|---|---|")
+    for spec, s in measured.items():
+        print(f"| {spec.split('.attn')[0]} | " + " | ".join(f"{n} ({v:.3f})" for n, v in s["unit_labels"]) + " |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(measured, f, indent=1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="JSON file for every layer's statistics and unit labels")
     p.add_argument("--cache", default=None, help="folder to cache the generated val scenes (.npz)")
     p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--heads", action="store_true",
+                   help="instead: dissect the transformer's attention heads, one unit per head (head_norms)")
     args = p.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "float32")
     vit, cnn = models.load("toy_vit"), models.load("toy_classifier")
     vit_layers = train_toy_vit.block_layers(vit.config)[1:]
+    if args.heads:
+        return dissect_heads(vit, args)
     results = {}
     for model, layers in ((vit, vit_layers), (random_vit(), vit_layers), (cnn, CNN_LAYERS)):
         measured = train_toy_vit.measure_layers(model, layers, 0, args.cache, args.images)

@@ -166,5 +166,5 @@ def _scene_classes():
 VIT_SPEC = registry.register(registry.ModelSpec(
     name="toy_vit", kind="classifier", build=build_vit, default_config=dict(VIT_CONFIG),
     input_size=(128, 128), normalization=registry.IMAGENET_NORMALIZATION,
-    default_layer="blocks.3", layer_names=vit_layer_names(VIT_CONFIG), layer_names_for=vit_layer_names,
+    default_layer="blocks.5", layer_names=vit_layer_names(VIT_CONFIG), layer_names_for=vit_layer_names,
     layer_views_for=vit_layer_views, labels=_scene_classes, packaged_weights="weights/toy_vit"))
