@@ -59,8 +59,21 @@ CNN_LAYERS = ("features.conv1", "features.relu1", "features.conv2", "features.re
 
 
 def built(cls, seed, **kwargs):
-    """cls(nnx.Rngs(seed)): what a user's factory does."""
-    return cls(nnx.Rngs(seed), **kwargs)
+    """cls(nnx.Rngs(seed, ...)) with its parameters drawn by numpy (seeded) instead of its
+    initializers: eager NNX initialization compiles every initializer on its own (tens of seconds
+    on a busy CPU); numpy compiles nothing. Keys get jax.random.key(seed), counters 0."""
+    abstract = nnx.eval_shape(lambda: cls(nnx.Rngs(seed), **kwargs))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+
+    def fill(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.3, leaf.shape).astype(leaf.dtype))
+
+    return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
 def make_nnx_cnn():
