@@ -160,3 +160,20 @@ class NNXFlat(nnx.Module):
 
 def make_nnx_flat():
     return built(NNXFlat, 0)
+
+
+class NNXBatchNormNet(nnx.Module):
+    """Batch norm (running statistics are weights) and dropout (an RNG stream, not weights)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(6, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.fc = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(self.drop(nnx.relu(self.bn(self.conv(x)))).mean(axis=(1, 2)))
+
+
+def make_nnx_bn():
+    return built(NNXBatchNormNet, 0)

@@ -97,7 +97,7 @@ class _TorchCNN:
         import torch.nn.functional as F
 
         with torch.no_grad():
-            t = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)
+            t = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
             t = F.relu(self.conv1(F.pad(t, (1, 1, 1, 1))))
             t = F.relu(self.conv2(F.pad(t, (0, 1, 0, 1))))
             return self.fc(t.mean(dim=(2, 3))).numpy()
@@ -209,3 +209,21 @@ def test_loaded_model_is_frozen():
     model = models.load("own_models:make_nnx_cnn", input_size=16)
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.kind = "generator"
+
+
+def test_nnx_batch_norm_and_dropout_run_in_evaluation_mode(tmp_path):
+    model = models.load("own_models:make_nnx_bn", input_size=16)
+    assert set(model.variables) == {"params", "batch_stats", "RngKey", "RngCount"}
+    net = own_models.make_nnx_bn()
+    net.eval()  # dropout off, running statistics
+    np.testing.assert_allclose(_forward(model), np.asarray(net(X)), rtol=1e-6)
+    # Weights without the RNG state load (it is not a weight); without the batch statistics they do not.
+    other = own_models.built(own_models.NNXBatchNormNet, 9)
+    other.eval()
+    weights = nnx.to_pure_dict(nnx.state(other, nnx.Any(nnx.Param, nnx.BatchStat)))
+    f = _save_msgpack(tmp_path / "bn.msgpack", weights)
+    np.testing.assert_allclose(_forward(models.load("own_models:make_nnx_bn", f, input_size=16)),
+                               np.asarray(other(X)), rtol=1e-6)
+    f = _save_msgpack(tmp_path / "params.msgpack", nnx.to_pure_dict(nnx.state(other, nnx.Param)))
+    with pytest.raises(ValueError, match=r"missing: bn.mean \(6,\), bn.var \(6,\)"):
+        models.load("own_models:make_nnx_bn", f, input_size=16)

@@ -251,6 +251,14 @@ def _nnx_weights(entries: Sequence[nnx_linen.StateEntry], variables: dict, weigh
     if loaded and set(loaded) <= collections and not set(loaded) <= {e.linen_path[0] for e in entries}:
         loaded = {k: v for tree in loaded.values() for k, v in _flatten(tree).items()}
         loaded = traverse_util.unflatten_dict({tuple(k.split(".")): v for k, v in loaded.items()})
+    # RNG state (keys and counters of dropout and the like) is not a weight: keep the module's own
+    # when the file has none.
+    flat_loaded = _flatten(loaded)
+    for e in entries:
+        path = ".".join(e.linen_path)
+        if issubclass(e.var_type, nnx.RngState) and path not in flat_loaded:
+            flat_loaded[path] = expected[e.linen_path]
+    loaded = traverse_util.unflatten_dict({tuple(k.split(".")): v for k, v in flat_loaded.items()})
     fitted = _flatten(fit_weights(loaded, expected_tree, repr(os.fspath(weights))))
     out: dict = {}
     for path, value in fitted.items():
