@@ -110,6 +110,34 @@ def test_shared_and_directly_called_submodules():
     np.testing.assert_allclose(np.asarray(y), np.asarray(net.inner.conv1(X).sum()), rtol=1e-5)
 
 
+class Borrower(nnx.Module):
+    """Its __call__ uses another module's sub-module, passed in."""
+
+    def __call__(self, x, other):
+        return other.conv1(x) * 2
+
+
+class Lender(nnx.Module):
+    def __init__(self, rngs):
+        self.a = Borrower()
+        self.b = own_models.NNXFeatures(rngs)
+
+    def __call__(self, x):
+        return self.a(x, self.b) + self.a(x, self.b)
+
+
+def test_a_submodule_called_inside_another_branch_keeps_its_own_name():
+    net = own_models.built(Lender, 0)
+    module, variables = nnx_to_linen(net)
+    model = LoadedModel("lender", "classifier", module, variables, {}, (16, 16), {}, "a", ("a",), None)
+    assert {"a", "b.conv1"} <= set(valid_layer_names(model))
+    y, acts = jaxdissect.capture(model, X, layers=("b.conv1", "a"), edits={"b.conv1": edit.ablate([0], 8)})
+    conv = np.array(net.b.conv1(X))
+    conv[..., 0] = 0
+    np.testing.assert_allclose(np.asarray(acts["b.conv1"]), conv, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y), 4 * conv, rtol=1e-6, atol=1e-6)
+
+
 def test_nnx_vit_token_layers_through_views():
     model = models.load("own_models:make_nnx_vit", input_size=16)
     assert "blocks.0" in model.layer_names and "blocks.1.attn" in model.layer_names
