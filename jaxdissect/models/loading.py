@@ -14,7 +14,7 @@ import os
 import pathlib
 from typing import Any, Iterable
 
-from jaxdissect.models import registry
+from jaxdissect.models import registry, user_model
 from jaxdissect.models.registry import LoadedModel, ModelSpec
 
 EXTRA_MODELS_ENV = "JAXDISSECT_EXTRA_MODELS"
@@ -119,8 +119,12 @@ def _is_weights_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, META_FILE))
 
 
-def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = True) -> LoadedModel:
+def load(name: Any, /, weights: str | os.PathLike | None = None, *, cache: bool = True, **options: Any) -> LoadedModel:
     """The model `name` with its weights, as a frozen LoadedModel.
+
+    name='package.module:factory' (or a factory callable, a Linen/NNX module): a user's model,
+    see user_model.load_factory for `weights` and the `options` (input_size, normalization,
+    key_map, kind, layers, default_layer, layer_views, prefix_tokens, labels, name).
 
     weights=None: the packaged weights, or the converted official checkpoint (downloaded and
     converted into the cache on first use). weights=DIR: a weights folder (weights_io format).
@@ -131,6 +135,11 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
     import jax
     import jax.numpy as jnp
 
+    if not isinstance(name, str) or user_model.is_factory_path(name):
+        return user_model.load_factory(name, weights, **options)
+    if options:
+        raise ValueError(f"{', '.join(sorted(options))} apply to a user's model (package.module:factory), "
+                         f"not to the registered model {name!r}")
     spec = get_spec(name)
     if weights is None:
         variables, config = _default_weights(spec)
@@ -155,7 +164,8 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
         variables=jax.tree.map(jnp.asarray, variables), config=config,
         input_size=spec.input_size, normalization=spec.normalization,
         default_layer=spec.default_layer, labels=labels,
-        layer_names=tuple(spec.layer_names_for(config) if spec.layer_names_for else spec.layer_names))
+        layer_names=tuple(spec.layer_names_for(config) if spec.layer_names_for else spec.layer_names),
+        layer_views=dict(spec.layer_views_for(config)) if spec.layer_views_for else {})
 
 
 __all__ = ["load", "get_spec", "available", "register_extra_models", "places365_labels"]

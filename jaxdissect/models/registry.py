@@ -8,6 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import numpy as np
 
+from jaxdissect.models.views import LayerView
+
 IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -41,6 +43,8 @@ class ModelSpec:
     # Models made of several original files (the segmenters): folder holding them, or None for
     # the cached download -> (variables, config).
     original_files: Callable[[Any], tuple[Any, dict]] | None = None
+    # How token layers are read as (N, H, W, units): config -> {layer: LayerView} (models.views).
+    layer_views_for: Callable[[Mapping[str, Any]], Mapping[str, LayerView]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,9 @@ class LoadedModel:
     default_layer: str
     layer_names: tuple[str, ...]
     labels: tuple[str, ...] | None
+    # {layer: LayerView} for layers not read as they are (token layers, attention heads); a
+    # layer without an entry gets the default view (models.views.view_for).
+    layer_views: Mapping[str, LayerView] = dataclasses.field(default_factory=dict)
 
     @property
     def z_dim(self) -> int | None:
@@ -119,6 +126,7 @@ _BUILTIN_MODULES = (
     "jaxdissect.models.resnet152",
     "jaxdissect.models.proggan",
     "jaxdissect.models.toy",
+    "jaxdissect.models.vit",
     "jaxdissect.models.segmenter_nets",
     "jaxdissect.models.toy_clip", "jaxdissect.models.clip",
 )
