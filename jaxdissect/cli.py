@@ -307,3 +307,26 @@ def user_errors(prog: str, debug: bool = False) -> Iterator[None]:
             raise
         sys.stderr.write(f"{prog}: error: {_message(e)} (--debug shows the traceback)\n")
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def check_model_or_factory(parser: ArgumentParser, flag: str, args: argparse.Namespace,
+                           kinds: Sequence[str]) -> tuple[ModelSpec | None, LoadedModel | None]:
+    """(spec, None) for a registered model; (None, the loaded model) for your own model given as
+    package.module:factory with the --input-size/--normalization/--key-map/--prefix-tokens flags
+    (loaded here, so that a bad factory, bad weights or a wrong kind exit 2 before any work)."""
+    from jaxdissect.models import flags as model_flags
+    from jaxdissect.models import user_model
+
+    if user_model.is_factory_path(args.model):
+        try:
+            model = model_flags.load_from_flags(args)
+        except (ValueError, KeyError, ImportError, AttributeError, TypeError, OSError) as e:
+            parser.fail(flag, _message(e))
+        if model.kind not in kinds:
+            parser.fail(flag, f"{args.model} builds a {model.kind}; this needs a {' or '.join(kinds)}")
+        return None, model
+    try:
+        model_flags.model_options(args)
+    except ValueError as e:
+        parser.fail(flag, _message(e))
+    return check_model(parser, flag, args.model, kinds), None

@@ -20,6 +20,7 @@ import dataclasses
 import sys
 
 from jaxdissect import cli, parallel
+from jaxdissect.models.flags import add_model_flags
 from jaxdissect.experiments.adversarial import FAST_CW, AdversarialConfig, run_experiment
 from jaxdissect.experiments.attacks import attack_config
 
@@ -72,12 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="image order and PGD random starts")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
-    spec = cli.check_model(p, "--model", args.model, ("classifier",))
+    spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_existing(p, "--ranking-file", args.ranking_file, "file")
-    cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
+    if spec is not None:
+        cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
     cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"), splits=("train", "val"))
     other = PGD_FLAGS if args.attack == "cw" else CW_FLAGS
     for name in other:
@@ -93,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> AdversarialConfig:
     model = cli.MODEL_ALIASES.get(args.model, args.model)
-    dataset = args.dataset or ("scenes" if model.startswith("toy") else "places")
+    dataset = args.dataset or ("scenes" if model.startswith("toy") or ":" in model else "places")
     if args.attack == "cw":
         base = dataclasses.asdict(FAST_CW) if dataset == "scenes" else {}
         given = dict(binary_search_steps=args.binary_search_steps, steps=args.steps, learning_rate=args.learning_rate,
@@ -114,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> AdversarialConfig:
 def run(args: argparse.Namespace) -> int:
     parallel.initialize_from_flags(args)
     cli.check_devices(args.devices)
-    result = run_experiment(config_from_args(args))
+    result = run_experiment(config_from_args(args), model=args.loaded_model)
     if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     s = result.summary["all"]

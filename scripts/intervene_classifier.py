@@ -17,6 +17,7 @@ import os
 import sys
 
 from jaxdissect import cli, parallel
+from jaxdissect.models.flags import add_model_flags
 from jaxdissect.experiments.classifier_ablation import DEFAULT_NS, InterventionConfig, run_experiment
 from jaxdissect.experiments.classifier_report import headline
 
@@ -56,12 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="samples of that dissection (default: the dissection's)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed of the random control sets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
-    spec = cli.check_model(p, "--model", args.model, ("classifier",))
+    spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
-    cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
-    if args.ns and args.weights is None:  # the packaged/published weights have the spec's shapes
+    if spec is not None:
+        cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
+    if spec is not None and args.ns and args.weights is None:  # the packaged/published weights have the spec's shapes
         layer = args.layer or spec.default_layer
         layer = layer if layer in cli.spec_layer_names(spec) else f"features.{layer}"
         units = cli.spec_layer_units(spec, layer)
@@ -71,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            f"{', '.join(map(str, bad))}")
     cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"), splits=("train", "val"))
     cli.check_seg(p, "--seg", args.seg, scenes=True)
-    if args.seg == "scenes" and (args.dataset or ("scenes" if spec.name.startswith("toy") else "places")) != "scenes":
+    if args.seg == "scenes" and (args.dataset or ("scenes" if spec is None or spec.name.startswith("toy") else "places")) != "scenes":
         p.fail("--seg", "scenes (the exact labels) needs --dataset scenes; use toy or net[p][q][c]")
     cli.check_outdir(p, "--outdir", args.outdir)
     cli.check_distributed(p, args)
@@ -80,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> InterventionConfig:
     model = cli.MODEL_ALIASES.get(args.model, args.model)
-    dataset = args.dataset or ("scenes" if model.startswith("toy") else "places")
+    dataset = args.dataset or ("scenes" if model.startswith("toy") or ":" in model else "places")
     return InterventionConfig(
         model=model, dataset=dataset, layer=args.layer, train_size=args.train_size, val_size=args.val_size,
         ns=tuple(args.ns) if args.ns else DEFAULT_NS,
@@ -94,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> InterventionConfig:
 def run(args: argparse.Namespace) -> int:
     parallel.initialize_from_flags(args)
     cli.check_devices(args.devices)
-    result = run_experiment(config_from_args(args))
+    result = run_experiment(config_from_args(args), model=args.loaded_model)
     if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     n = min(result.ns, key=lambda m: abs(m - args.distribution_n))

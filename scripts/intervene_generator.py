@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from jaxdissect import cli, parallel
+from jaxdissect.models.flags import add_model_flags
 from jaxdissect.experiments.generator_intervention import InterventionConfig, run_interventions
 
 PROG = "intervene_generator.py"
@@ -51,11 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-context-samples", type=cli.nonnegative_int, default=100,
                    help="contexts seen fewer times are left out of the bar chart")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
-    spec = cli.check_model(p, "--model", args.model, ("generator",))
+    spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("generator",))
     cli.check_existing(p, "--weights", args.weights)
-    cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
+    if spec is not None:
+        cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
     cli.check_seg(p, "--seg", args.seg)
     cli.check_outdir(p, "--outdir", args.outdir)
     cli.check_distributed(p, args)
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     parallel.initialize_from_flags(args)
     cli.check_devices(args.devices)
     cfg = config_from_args(args)
-    res = run_interventions(cfg)
+    res = run_interventions(cfg, model=args.loaded_model)
     if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     r, c = res.removal, res.context

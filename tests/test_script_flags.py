@@ -50,6 +50,11 @@ def _data_folder_without_val(tmp):
 # (script, argv, the flag the message must name); "{out}" is the output folder, "{tmp}" a
 # scratch folder outside it; helpers make inputs in {tmp}.
 EXPERIMENT_CASES = [
+    # your own model (package.module:factory): loaded up front, its problems named
+    ("intervene_classifier.py", ["--model", "no_such_package.models:make"], "--model"),
+    ("adversarial.py", ["--model", "jaxdissect.models.toy:NOT_THERE"], "--model"),
+    ("intervene_generator.py", ["--model", "no_such_package:make"], "--model"),
+    ("intervene_classifier.py", ["--input-size", "64"], "--input-size"),  # for a registered model
     ("intervene_classifier.py", ["--ns", "-3"], "--ns"),  # was: "min() arg is an empty sequence"
     ("intervene_classifier.py", ["--ns", "500"], "--ns"),  # the toy layer has 128 units
     ("intervene_classifier.py", ["--ns", "two"], "--ns"),

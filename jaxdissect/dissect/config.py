@@ -45,7 +45,16 @@ class DissectConfig:
     strip_images: int = option(5, "top images shown per unit in the report")
     resolution: int = option(128, "quantile sketch bins per power of two (a power of two); thresholds are refined "
                              "to the exact quantile afterwards")
-    weights: str | None = option(None, "weights folder or .pth file (default: packaged, or downloaded and converted)")
+    weights: str | None = option(None, "weights folder or .pth file (default: packaged, or downloaded and converted); "
+                                 "for --model package.module:factory also an orbax folder or a .msgpack")
+    input_size: str | None = option(None, "your own model (--model package.module:factory): the image size it takes, "
+                                    "128 or 128x96 (default 224)")
+    normalization: str | None = option(None, "your own model: imagenet (default), [-1,1], none (pixels in [0, 1]), "
+                                       "MEAN,STD or M1,M2,M3,S1,S2,S3")
+    key_map: str | None = option(None, "your own model with --weights FILE.pth: package.module:name of a function "
+                                 "(state dict -> variables) or of a mapping {torch key: dotted variable path}")
+    prefix_tokens: int | None = option(None, "your own model's token layers: leading class/register tokens "
+                                       "(default: 0 or 1, from a square grid)")
     activation_cache: bool = option(True, "do not cache the dissected layers' activations (the later passes run "
                                     "the network again instead; same results)", flags=("--no-activation-cache",))
     cache_dtype: str = option("float32", "storage type of the activation cache; bfloat16 or float16 halve it (the "
@@ -77,8 +86,19 @@ class DissectConfig:
     checkpoint_every: int | None = option(None, "checkpoint every N batches instead (overrides --checkpoint-seconds)")
     progress: bool = option(True, "no progress bars (the summary is still printed)", flags=("--no-progress",))
 
+    def model_options(self) -> dict:
+        """The options of a user's model (--model package.module:factory) that were given."""
+        return {k: getattr(self, k) for k in ("input_size", "normalization", "key_map", "prefix_tokens")
+                if getattr(self, k) is not None}
+
     def validate(self) -> "DissectConfig":
         """Check every setting; raise ConfigError naming the flag. Returns self."""
+        if self.model_options() and ":" not in self.model:
+            given = ", ".join("--" + k.replace("_", "-") for k in self.model_options())
+            raise ConfigError(given.split(", ")[0], f"{given} apply to --model package.module:factory (your own "
+                              f"model), not to the registered model {self.model!r}")
+        if self.prefix_tokens is not None and (not isinstance(self.prefix_tokens, int) or self.prefix_tokens < 0):
+            raise ConfigError("--prefix-tokens", f"must be a whole number >= 0, got {self.prefix_tokens!r}")
         q = self.quantile
         if not (isinstance(q, (int, float)) and math.isfinite(q) and 0.0 < q < 1.0):
             raise ConfigError("--quantile", f"must be a number strictly between 0 and 1, got {q!r}")

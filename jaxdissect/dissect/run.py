@@ -20,7 +20,7 @@ import numpy as np
 from jaxdissect import fingerprint as fp
 from jaxdissect import parallel
 from jaxdissect.array_cache import ArrayCache, cache_bytes
-from jaxdissect.capture import capture_fn, valid_layer_names
+from jaxdissect.capture import capture_views_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError, UserError
 from jaxdissect.data.broden_source import BrodenSource, parse_broden_name
 from jaxdissect.data.paired import STYLIZED_SCENES, StylizedScenesSource
@@ -29,8 +29,9 @@ from jaxdissect.data.tfds_images import parse_tfds_name
 from jaxdissect.dissect import identity
 from jaxdissect.data import sources
 from jaxdissect.dissect.config import DissectConfig
-from jaxdissect.models import load
+from jaxdissect.models import available, load
 from jaxdissect.models.registry import LoadedModel
+from jaxdissect.models.views import SPEC_SEPARATOR, parse_spec
 from jaxdissect.segment.merge import load_segmenter
 from jaxdissect.segment.toy import ToySegmenter, subsample_labels
 from jaxdissect.upsample import Upsampler, layer_geometry, upsampler
@@ -82,7 +83,10 @@ class DissectRun:
         """Resolve a validated config (and optional objects replacing what it names) into a run."""
         config = config.validate()
         if model is None:
-            model = load(config.model_name, config.weights)
+            try:
+                model = load(config.model_name, config.weights, **config.model_options())
+            except (ImportError, AttributeError, TypeError) as e:
+                raise ConfigError("--model", str(e)) from None
         if model.kind not in ("classifier", "generator"):
             raise ConfigError("--model", f"{model.name} is a {model.kind}; the dissection takes a classifier or a "
                               "generator (segmenters are given with --seg)")
@@ -99,8 +103,11 @@ class DissectRun:
             segmenter, labels = make_segmenter(seg_name, source)
         mesh = parallel.make_mesh(config.devices)
         batch_size = parallel.padded_batch_size(config.batch_size, mesh)
-        forward = capture_fn(model.module, layers)
-        out, acts = jax.eval_shape(lambda v, x: forward(v, x, {}), model.variables, example_input(model))
+        forward = capture_views_fn(model, layers)
+        try:
+            out, acts = jax.eval_shape(lambda v, x: forward(v, x, {}), model.variables, example_input(model))
+        except ValueError as e:  # a layer with no spatial view
+            raise ConfigError("--layers", str(e)) from None
         image_hw = tuple(out.shape[1:3]) if model.kind == "generator" else tuple(model.input_size)
         downsample = 4 if image_hw[0] >= 224 else 2
         seg_hw = (image_hw[0] // downsample, image_hw[1] // downsample)
@@ -113,7 +120,8 @@ class DissectRun:
                                   "(N, H, W, C): only spatial layers can be dissected")
             geo = layer_geometry(model.name, layer)
             up = upsampler(seg_hw, tuple(shape[1:3]), image_hw if geo else None, geo)
-            pre = f"{layer}.conv" if f"{layer}.conv" in valid else None
+            base, units = parse_spec(layer)
+            pre = f"{base}.conv" if units is None and f"{base}.conv" in valid else None
             geometry[layer] = LayerGeometry(layer, tuple(int(s) for s in shape[1:]), up, pre)
         values = len(source) * seg_hw[0] * seg_hw[1]
         if values >= MAX_SKETCH_VALUES:
@@ -176,7 +184,7 @@ class DissectRun:
         non-finite flags (N, units)})`, the same compiled function in every pass, so a replay
         computes bit-identical activations. Activations are rounded to the cache dtype."""
         pre = {l: g.pre_activation for l, g in self.geometry.items() if g.pre_activation}
-        capture = capture_fn(self.model.module, self.layers + tuple(pre.values()))
+        capture = capture_views_fn(self.model, self.layers + tuple(pre.values()))
         dtype = jnp.dtype(self.config.cache_dtype) if self.config.activation_cache else jnp.float32
 
         def forward(variables, inputs):
@@ -349,13 +357,16 @@ def resolve_dataset(config: DissectConfig, model: LoadedModel, source: Any = Non
     if source is not None:
         return getattr(source, "name", None) or ("scenes" if isinstance(source, sources.ScenesSource)
                                                  else type(source).__name__.lower())
+    if model.name not in available():  # a user's own model: the embedded world
+        return "scenes"
     return default_dataset(model.name)
 
 
 def default_dataset(model_name: str) -> str:
-    """A model's own dataset: scenes for the embedded toys, the domain of a Progressive GAN,
-    Places365 val otherwise."""
-    if model_name.startswith("toy_"):
+    """A model's own dataset: scenes for the embedded toys and for a user's model (a
+    package.module:factory path: the embedded world needs no download), the domain of a
+    Progressive GAN, Places365 val otherwise."""
+    if model_name.startswith("toy_") or ":" in model_name:
         return "scenes"
     if model_name.startswith("proggan_"):
         return model_name[len("proggan_"):]
@@ -368,13 +379,17 @@ def resolve_layers(model: LoadedModel, requested) -> tuple[str, ...]:
         return (model.default_layer,)
     valid = set(valid_layer_names(model))
     out = []
-    for name in requested:
+    for spec in requested:
+        try:
+            name, units = parse_spec(spec)
+        except ValueError as e:
+            raise ConfigError("--layers", str(e)) from None
         if name not in valid and f"features.{name}" in valid:
             name = f"features.{name}"
         if name not in valid:
             raise ConfigError("--layers", f"unknown layer {name!r} for {model.name}; dissectable layers: "
                               f"{', '.join(model.layer_names)}")
-        out.append(name)
+        out.append(name if units is None else f"{name}{SPEC_SEPARATOR}{units}")
     return tuple(out)
 
 
@@ -439,7 +454,7 @@ def result_dir(config: DissectConfig, dataset: str, model_name: str, layer: str,
     dataset = dataset_short_name(dataset)
     if short.startswith("proggan_"):
         short, dataset = "progan", short[len("proggan_"):]
-    layer_short = layer[len("features."):] if layer.startswith("features.") else layer
+    layer_short = (layer[len("features."):] if layer.startswith("features.") else layer).replace(SPEC_SEPARATOR, "-")
     name = f"{short}-{dataset}-{seg}-{layer_short}"
     if config.quantile != 0.005:
         name += "-%g" % (config.quantile * 1000)
