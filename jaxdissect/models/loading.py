@@ -59,9 +59,9 @@ def places365_labels() -> tuple[str, ...]:
 
 
 def _package_dir() -> pathlib.Path:
-    import jaxdissect
-
-    return pathlib.Path(jaxdissect.__file__).resolve().parent
+    """The jaxdissect package folder, from this module's own file: `jaxdissect.__file__` is None
+    when a folder named jaxdissect (a clone's root) shadows the package as a namespace package."""
+    return pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load_folder(spec: ModelSpec, folder: str | os.PathLike) -> tuple[Any, dict]:
