@@ -18,12 +18,14 @@ IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0
 def normalize_pixels(x: jax.Array, normalization: Mapping[str, Any]) -> jax.Array:
     """Images with values in [0, 1] -> the model's input: (x - mean) / std, or the value range
     {'range': (lo, hi)}. The one normalization every driver and `LoadedModel.prepare` use."""
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
     if "range" in normalization:
         lo, hi = normalization["range"]
         return lo + (hi - lo) * x
-    mean = jnp.asarray(normalization["mean"], jnp.float32)
-    std = jnp.asarray(normalization["std"], jnp.float32)
+    mean = jnp.asarray(normalization["mean"], x.dtype)  # x's precision (float64 gradient checks)
+    std = jnp.asarray(normalization["std"], x.dtype)
     return (x - mean) / std
 
 
