@@ -2,14 +2,13 @@
 
 `convert_checkpoint` is imported lazily (it needs jax and the model registry), so `read_pth`
 works without jax and model modules can import the key maps without import cycles.
-`download` is the callable module weight_conversion.download: both
-`weight_conversion.download(url, dest)` and `weight_conversion.download.download(...)` work.
+`download(url, dest, md5=..., sha256_prefix=...)` is weight_conversion.downloads.download.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from weight_conversion import download
+from weight_conversion.downloads import download
 from weight_conversion.errors import DownloadError, KeyMapError, PthReadError
 from weight_conversion.pth_reader import read_pth
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from weight_conversion import cache
-from weight_conversion.download import check_hash, download, file_hashes
+from weight_conversion.downloads import check_hash, download, file_hashes
 from weight_conversion.errors import DownloadError, KeyMapError
 from weight_conversion.torchscript import read_checkpoint
 

@@ -101,7 +101,7 @@ def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any
     from jaxdissect.models.weights_io import META_FILE
     from weight_conversion import cache
     from weight_conversion.convert import convert_checkpoint, convert_state
-    from weight_conversion.download import file_hashes
+    from weight_conversion.downloads import file_hashes
     from weight_conversion.pth_reader import read_pth
 
     if not cache_converted:

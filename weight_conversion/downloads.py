@@ -1,7 +1,6 @@
 """Verified downloads: stream to a temporary file beside the destination, check the size and
 the checksum, then rename. A failed or mismatched download leaves nothing behind.
-
-This module is callable: `weight_conversion.download(url, dest)` is `download(url, dest)`.
+`weight_conversion.download` is this module's `download` function.
 """
 from __future__ import annotations
 
@@ -9,9 +8,7 @@ import hashlib
 import http.client
 import os
 import re
-import sys
 import tempfile
-import types
 import urllib.error
 import urllib.request
 
@@ -111,12 +108,3 @@ def _stream(resp, out, total: int | None, desc: str, progress: bool) -> int:
             got += len(chunk)
             bar.update(len(chunk))
 
-
-class _CallableModule(types.ModuleType):
-    """Lets `weight_conversion.download(...)` call the function despite the module's name."""
-
-    def __call__(self, *args, **kwargs):
-        return download(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
