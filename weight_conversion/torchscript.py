@@ -10,7 +10,6 @@ dotted keys ('visual.conv1.weight'); attributes that are not tensors (flags, hoo
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zipfile
@@ -80,15 +79,11 @@ def read_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
             prefix = pkl[0][: -len("data.pkl")]
             if prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() not in (b"little",):
                 raise PthReadError(f"{path}: big-endian TorchScript archives are not supported")
-            refs: dict[str, Any] = {}
-
-            def persistent_load(pid):
-                ref = pth_reader._storage_from_pid(pid)
-                return refs.setdefault(ref.key, ref)
-
-            root = _ScriptUnpickler(io.BytesIO(zf.read(pkl[0])), path, persistent_load).load()
-            storages = {}
-            for key, ref in refs.items():
+            # read_pth's allowed globals, storage ids and bounds; the __torch__ classes and the
+            # jit's value tags are added by _ScriptUnpickler.find_class.
+            read = pth_reader._Read(path, pth_reader.DEFAULT_LIMITS, os.path.getsize(path))
+            root = _ScriptUnpickler(zf.read(pkl[0]), read, read.storage).load()
+            for key, ref in read.refs.items():
                 record = f"{prefix}data/{key}"
                 if record not in names:
                     raise PthReadError(f"{path}: storage record {record!r} is missing")
@@ -96,7 +91,7 @@ def read_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if len(raw) % ref.dtype.itemsize:
                     raise PthReadError(f"{path}: storage {key!r} has {len(raw)} bytes, not a multiple of "
                                        f"{ref.dtype.itemsize} ({ref.dtype})")
-                storages[key] = np.frombuffer(raw, dtype=ref.dtype)
+                read.add_storage(key, np.frombuffer(raw, dtype=ref.dtype))
     except PthReadError:
         raise
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
@@ -106,7 +101,9 @@ def read_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
     _flatten(root, "", flat)
     if not flat:
         raise PthReadError(f"{path}: TorchScript archive holds no tensors")
-    return {k: pth_reader._materialize(t, storages) for k, t in flat.items()}
+    budget = [int(read.limits.max_expansion * sum(a.nbytes for a in read.storages.values()))
+              + read.limits.expansion_allowance]
+    return {k: read.materialize(t, k, budget) for k, t in flat.items()}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
