@@ -12,6 +12,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+from weight_conversion import cache
 from weight_conversion.errors import DownloadError
 
 CHUNK = 1 << 20
@@ -108,3 +109,15 @@ def _stream(resp, out, total: int | None, desc: str, progress: bool) -> int:
             got += len(chunk)
             bar.update(len(chunk))
 
+
+def fetch_cached(url: str, md5: str | None = None, sha256_prefix: str | None = None) -> str:
+    """The file at `url` in the download cache (cache.download_path), downloading and verifying
+    it when absent; a cached file that fails its checksum is refused (DownloadError), not replaced."""
+    path = cache.download_path(url)
+    if path.is_file():  # downloaded before, or put there by hand
+        problem = check_hash(path, md5, sha256_prefix)
+        if problem is None:
+            return str(path)
+        raise DownloadError(f"{path} does not match the checksum of {url} ({problem}); delete it to "
+                            "download it again, or pass it with --pth FILE / weights=FILE to convert it unchecked")
+    return download(url, path, md5=md5, sha256_prefix=sha256_prefix)
