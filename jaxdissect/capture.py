@@ -114,9 +114,13 @@ def capture_fn(module: nn.Module, layers: Sequence[str] = (),
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             if edits and context.method_name == "__call__":
-                edit = edits.get(_dotted(context.module))
+                name = _dotted(context.module)
+                edit = edits.get(name)
                 if edit is not None:
-                    out = edit(out)
+                    try:
+                        out = edit(out)
+                    except (ValueError, TypeError) as e:
+                        raise ValueError(f"edit of layer {name!r} (output {tuple(out.shape)}): {e}") from e
             return out
 
         with nn.intercept_methods(interceptor):

@@ -37,7 +37,7 @@ from jaxdissect.capture import layer_shapes
 from jaxdissect.compilation_cache import enable_compilation_cache
 from jaxdissect.dissect import DissectConfig, dissect
 from jaxdissect.data import sources
-from jaxdissect.dissect.run import DissectRun
+from jaxdissect.dissect.run import DissectRun, make_source
 from jaxdissect.models import get_spec
 
 ORIGINAL_FORWARD_PASSES = 4.28  # the original's dissection / its own forward pass, this machine, VGG16 conv5_3
@@ -80,11 +80,13 @@ def one_forward_pass(run: DissectRun, batches, repeats: int) -> tuple[float, flo
 
 
 def loader_rate(run: DissectRun, repeats: int) -> float:
-    """Images per second of the input pipeline alone (this process's rows, its loader threads)."""
+    """Images per second of the input pipeline alone (this process's rows, its loader threads),
+    each time from a fresh source (no images kept in memory from an earlier read)."""
     positions = np.concatenate([r for _, r in parallel.local_rows(run.mesh, run.batch_size)])
 
     def load():
-        for _ in sources.prefetch(run.source, run.ranges(), positions):
+        source = make_source(run.config, run.dataset, run.model)
+        for _ in sources.prefetch(source, run.ranges(), positions):
             pass
 
     return run.num_samples / median_time(load, repeats)

@@ -30,6 +30,7 @@ from jaxdissect.dissect import identity
 from jaxdissect.data import sources
 from jaxdissect.dissect.config import DissectConfig
 from jaxdissect.models import available, load
+from jaxdissect.models import registry
 from jaxdissect.models.registry import LoadedModel
 from jaxdissect.models.views import SPEC_SEPARATOR, parse_spec
 from jaxdissect.segment.merge import load_segmenter
@@ -163,9 +164,7 @@ class DissectRun:
         """uint8 images -> normalized float NHWC; z passes through."""
         if self.model.kind == "generator":
             return inputs
-        norm = self.model.normalization
-        x = inputs.astype(jnp.float32) / 255.0
-        return (x - jnp.asarray(norm["mean"], jnp.float32)) / jnp.asarray(norm["std"], jnp.float32)
+        return registry.normalize_pixels(inputs.astype(jnp.float32) / 255.0, self.model.normalization)
 
     def seg_images(self, inputs: jax.Array, output: jax.Array) -> jax.Array:
         """The images the segmenter sees, NHWC in [-1, 1]: the generated ones, or the inputs."""

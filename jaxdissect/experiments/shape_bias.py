@@ -27,6 +27,7 @@ from flax import struct
 from jaxdissect import checkpoints, parallel
 from jaxdissect.dissect import runstate, steps
 from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
+from jaxdissect.models.registry import normalize_pixels
 from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.segment.toy import subsample_labels
 from jaxdissect.stats import IoUTally, MaskAgreement, QuantileSketch, TopK
@@ -285,9 +286,7 @@ class _Setup:
                              "per unit, more than the int32 counts hold; use fewer pairs (--sample-size)")
 
     def model_input(self, images):
-        norm = self.model.normalization
-        x = images.astype(jnp.float32) / 255.0
-        return (x - jnp.asarray(norm["mean"], jnp.float32)) / jnp.asarray(norm["std"], jnp.float32)
+        return normalize_pixels(images.astype(jnp.float32) / 255.0, self.model.normalization)
 
     def activations(self, variables, first, second):
         """Both sides in one forward: ({layer: first acts}, {layer: second acts})."""

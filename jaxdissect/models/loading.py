@@ -22,7 +22,9 @@ from weight_conversion import cache as weights_cache
 from weight_conversion.downloads import file_hashes
 from weight_conversion.pth_reader import read_pth
 
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent  # the jaxdissect package folder
+# The jaxdissect package folder, from this module's own file: `jaxdissect.__file__` is None when a
+# folder named jaxdissect (a clone's root) shadows the package as a namespace package.
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load_folder(spec: ModelSpec, folder: str | os.PathLike) -> tuple[Any, dict]:

@@ -9,11 +9,44 @@ import importlib.resources
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.models.views import LayerView
 
 IMAGENET_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def normalize_pixels(x: jax.Array, normalization: Mapping[str, Any]) -> jax.Array:
+    """Images with values in [0, 1] -> the model's input: (x - mean) / std, or the value range
+    {'range': (lo, hi)}. The one normalization every driver and `LoadedModel.prepare` use."""
+    x = jnp.asarray(x, jnp.float32)
+    if "range" in normalization:
+        lo, hi = normalization["range"]
+        return lo + (hi - lo) * x
+    mean = jnp.asarray(normalization["mean"], jnp.float32)
+    std = jnp.asarray(normalization["std"], jnp.float32)
+    return (x - mean) / std
+
+
+def check_image_batch(images: Any, input_size: tuple[int, int] | None, what: str = "images") -> tuple[int, ...]:
+    """The shape of an NHWC RGB batch, or a ValueError saying what is wrong with it (NCHW order,
+    a single image without its batch axis, another size than the model's)."""
+    shape = tuple(int(d) for d in np.shape(images))
+    if len(shape) == 3 and shape[-1] == 3:
+        raise ValueError(f"{what} of shape {shape} is one image; models take a batch (N, H, W, 3): "
+                         "add the batch axis with images[None]")
+    if len(shape) != 4:
+        raise ValueError(f"{what} must be a batch of RGB images (N, H, W, 3); got shape {shape}")
+    if shape[-1] != 3:
+        hint = (" (this looks channels-first, NCHW: use images.transpose(0, 2, 3, 1))"
+                if shape[1] == 3 else "")
+        raise ValueError(f"{what} must be channels-last (N, H, W, 3); got shape {shape}{hint}")
+    if input_size is not None and tuple(shape[1:3]) != tuple(input_size):
+        raise ValueError(f"{what} are {shape[1]}x{shape[2]}; the model takes {input_size[0]}x{input_size[1]} "
+                         "(resize them first, e.g. with PIL)")
+    return shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +105,29 @@ class LoadedModel:
     def z_dim(self) -> int | None:
         """Latent size for generators (None for classifiers)."""
         return self.config.get("z_dim") if self.kind == "generator" else None
+
+    def prepare(self, images: Any) -> jax.Array:
+        """uint8 NHWC RGB images (0..255) at the model's input size -> its normalized float input.
+        A generator's latents pass through (checked to be (N, z_dim))."""
+        if self.kind == "generator":
+            z = jnp.asarray(images, jnp.float32)
+            if z.ndim != 2 or z.shape[1] != self.z_dim:
+                raise ValueError(f"{self.name} takes latents of shape (N, {self.z_dim}); got {tuple(z.shape)}")
+            return z
+        check_image_batch(images, self.input_size)
+        if np.asarray(images).dtype != np.uint8:
+            raise ValueError(f"prepare takes uint8 images (0..255); got {np.asarray(images).dtype} "
+                             "(for floats in [0, 1] use registry.normalize_pixels(x, model.normalization))")
+        return normalize_pixels(jnp.asarray(images, jnp.float32) / 255.0, self.normalization)
+
+    def example_input(self, batch: int = 1) -> jax.Array:
+        """A zero input batch of the right shape and dtype: (batch, z_dim) latents for a
+        generator, (batch, H, W, 3) normalized images otherwise."""
+        if self.kind == "generator":
+            return jnp.zeros((batch, int(self.config["z_dim"])), jnp.float32)
+        if self.input_size is None:
+            raise ValueError(f"model {self.name!r} has no input_size; build an input yourself")
+        return self.prepare(np.zeros((batch, *map(int, self.input_size), 3), np.uint8))
 
 
 @functools.lru_cache(maxsize=None)
