@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     import jaxdissect
     from jaxdissect import models
-    from weight_conversion import convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
 
     torch.manual_seed(0)
     net = _torch_vgg16()

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.models import registry
+from weight_conversion.keymaps import clip as clip_keymap
 
 CLIP_NORMALIZATION = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
 # The OpenAI checkpoint of ViT-B/32; the folder name is the file's sha256 (as the original checks it).
@@ -228,11 +229,11 @@ def clip_layer_names(config: Mapping[str, Any]) -> tuple[str, ...]:
     return ("visual.ln_pre",) + tuple(f"visual.transformer.resblocks.{i}" for i in range(layers)) + ("visual.ln_post",)
 
 
-_config_from_torch, _convert = registry.lazy_keymap("clip")
+KEYMAP = clip_keymap.KEYMAP
 
 VIT_B32_SPEC = registry.register(registry.ModelSpec(
     name="clip_vit_b32", kind="clip", build=build_clip, default_config=dict(VIT_B32_CONFIG),
     input_size=(224, 224), normalization=CLIP_NORMALIZATION,
     default_layer="visual.transformer.resblocks.11", layer_names=clip_layer_names(VIT_B32_CONFIG),
     layer_names_for=clip_layer_names, url=VIT_B32_URL, sha256_prefix=VIT_B32_SHA256,
-    config_from_torch=_config_from_torch, convert=_convert))
+    config_from_torch=KEYMAP.config_from_torch, convert=KEYMAP.convert))

@@ -1,8 +1,11 @@
 """The model registry: a name -> how to build the module, where its weights come from, and
-how its inputs are prepared. `load(name)` returns a ready `LoadedModel`."""
+how its inputs are prepared. `load(name)` returns a ready `LoadedModel`. The model families
+register themselves here at import (models.catalog imports the built-in ones)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -129,28 +132,15 @@ class LoadedModel:
         return self.prepare(np.zeros((batch, *map(int, self.input_size), 3), np.uint8))
 
 
-def lazy_keymap(family: str) -> tuple[Callable, Callable]:
-    """(config_from_torch, convert) of weight_conversion.keymaps.<family>, imported on first use
-    (so that listing models imports no conversion code)."""
-    import importlib
-
-    def keymap():
-        return importlib.import_module(f"weight_conversion.keymaps.{family}")
-
-    def config_from_torch(state):
-        return keymap().config_from_torch(state)
-
-    def convert(state, config):
-        return keymap().convert(state, config)
-
-    return config_from_torch, convert
-
-
-def places365_labels() -> Sequence[str]:
-    """The 365 Places class names (read on first use)."""
-    from jaxdissect.models import loading
-
-    return loading.places365_labels()
+@functools.lru_cache(maxsize=None)
+def places365_labels() -> tuple[str, ...]:
+    """The 365 Places365 class names in class-index order ('airfield', ..., 'zen_garden');
+    sub-categories are joined with '-' ('volleyball_court-outdoor')."""
+    text = importlib.resources.files("jaxdissect.models").joinpath("places365_labels.txt").read_text()
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) != 365:
+        raise ValueError(f"places365_labels.txt holds {len(names)} names, expected 365")
+    return names
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -163,8 +153,8 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec registered under `name`; a clear error lists the known names."""
-    _ensure_builtin_models_registered()
+    """The spec registered under `name`; a clear error lists the known names. (The built-in
+    families register when jaxdissect.models is imported; see models.catalog.)"""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -173,34 +163,4 @@ def get_spec(name: str) -> ModelSpec:
 
 def available() -> list[str]:
     """Names of every registered model."""
-    _ensure_builtin_models_registered()
     return sorted(_REGISTRY)
-
-
-_BUILTIN_MODULES = (
-    # Each of these modules calls register(...) at import.
-    "jaxdissect.models.vgg",
-    "jaxdissect.models.alexnet",
-    "jaxdissect.models.resnet152",
-    "jaxdissect.models.proggan",
-    "jaxdissect.models.toy",
-    "jaxdissect.models.vit",
-    "jaxdissect.models.segmenter_nets",
-    "jaxdissect.models.toy_clip", "jaxdissect.models.clip",
-)
-_builtins_loaded = False
-
-
-def _ensure_builtin_models_registered() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    import importlib
-
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a model family not written yet
-            if e.name != mod:
-                raise
-    _builtins_loaded = True

@@ -98,3 +98,6 @@ def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
     # apply_keymap's contiguous copy makes 0-d arrays 1-d: logit_scale is a scalar
     variables["params"]["logit_scale"] = variables["params"]["logit_scale"].reshape(())
     return variables
+
+
+KEYMAP = common.KeyMap(config_from_torch, entries, convert)
