@@ -78,7 +78,7 @@ def test_thresholds_are_the_exact_quantile_of_the_upsampled_activations(referenc
         assert saved["level"] == pytest.approx(0.8) and saved["thresholds"] == [float(t) for t in r.thresholds]
 
 
-@pytest.mark.parametrize("devices", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)])
 def test_no_activation_cache_and_any_device_count_give_identical_results(reference, tmp_path, devices):
     _, ref = reference
     model = small_models.tiny_classifier(size=32)
@@ -98,6 +98,7 @@ def test_bfloat16_cache_dissects_the_rounded_activations(tmp_path):
     np.testing.assert_allclose(r.thresholds, np.quantile(up, 0.8, axis=0), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_segmentations_are_cached_and_reused_by_another_layer_and_model(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXDISSECT_HOME", str(tmp_path / "home"))
     seg = ColourSegmenter()
@@ -142,7 +143,8 @@ class KillAfter:
         monkeypatch.setattr(owner, name, wrapped)
 
 
-@pytest.mark.parametrize("stage", ["refinement", "iou", "thumbnails"])
+@pytest.mark.parametrize("stage", ["refinement", pytest.param("iou", marks=pytest.mark.slow),
+                                   pytest.param("thumbnails", marks=pytest.mark.slow)])
 def test_a_kill_in_any_later_stage_resumes_to_identical_results(reference, tmp_path, monkeypatch, stage):
     ref_out, ref = reference
     model = small_models.tiny_classifier(size=32)
@@ -165,6 +167,7 @@ def test_a_kill_in_any_later_stage_resumes_to_identical_results(reference, tmp_p
             assert open(os.path.join(a.directory, name), "rb").read() == open(os.path.join(b.directory, name), "rb").read()
 
 
+@pytest.mark.slow
 def test_disk_space_is_checked_before_pass_one(tmp_path, monkeypatch):
     class Tiny:
         free = 1000
@@ -181,6 +184,7 @@ def test_disk_space_is_checked_before_pass_one(tmp_path, monkeypatch):
     dissect(cfg(tmp_path, activation_cache=False), model=small_models.tiny_classifier(size=32), source=source())
 
 
+@pytest.mark.slow
 def test_cache_rows_are_complete_samples_under_concurrent_writers(tmp_path):
     """Two processes write the same samples while a third reads: every sample read is whole."""
     import subprocess

@@ -86,7 +86,7 @@ def run_with(out, config_changes, object_changes):
                    source=source(object_changes.get("n", 18)), segmenter=seg)
 
 
-FAST = ("sample_size", "weights", "segmenter")
+FAST = ("sample_size", "segmenter")
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CHANGES])
@@ -113,6 +113,7 @@ def test_a_finished_run_with_the_same_settings_is_reused_and_says_so(base_run, c
     assert "already dissected with these settings" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_after_pass_one_then_rerun_with_more_samples_equals_a_clean_run(tmp_path, monkeypatch):
     from jaxdissect.dissect import pipeline
 
@@ -137,6 +138,7 @@ def test_killed_after_pass_one_then_rerun_with_more_samples_equals_a_clean_run(t
          dissect(cfg(tmp_path / "clean2"), model=model(), source=source(12)))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, capsys):
     class Killed(sources.ScenesSource):
         def load(self, indices):
@@ -164,7 +166,7 @@ def nan_model(where: str):
     return dataclasses.replace(m, variables=params)
 
 
-@pytest.mark.parametrize("where", ["pre", "inf"])
+@pytest.mark.parametrize("where", ["pre", pytest.param("inf", marks=pytest.mark.slow)])
 def test_nan_or_inf_in_a_unit_fails_the_run_naming_layer_and_unit_then_the_fixed_model_runs(tmp_path, where):
     with pytest.raises(FloatingPointError, match=r"features.conv3.*units \[4\]"):
         dissect(cfg(tmp_path), model=nan_model(where), source=source())

@@ -111,6 +111,7 @@ def test_a_broden_export_of_the_scenes_dissects_like_the_scenes_themselves(tmp_p
     assert os.path.basename(via_broden.directory).startswith("toy_classifier-broden-broden-")
 
 
+@pytest.mark.slow
 def test_stylized_scenes_are_a_dataset_with_exact_labels(tmp_path):
     [r] = dissect(cfg(tmp_path, model="toy_classifier", dataset="scenes-stylized", sample_size=16,
                       layers=("features.conv2_1",)))

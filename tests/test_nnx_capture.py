@@ -2,6 +2,7 @@
 the same layers, the same edited outputs and the same dissection."""
 import jax
 import jax.numpy as jnp
+import pytest
 import numpy as np
 from flax import nnx
 
@@ -149,6 +150,7 @@ def test_nnx_vit_token_layers_through_views():
     np.testing.assert_array_equal(np.asarray(acts["blocks.0"]), np.asarray(raw)[:, 1:].reshape(3, 4, 4, 8))
 
 
+@pytest.mark.slow
 def test_dissection_of_the_nnx_model_equals_its_linen_twin(tmp_path):
     _, n, l = twins(size=32)
     results = {}

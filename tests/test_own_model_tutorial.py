@@ -30,6 +30,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
     module_code, script = python_blocks(DOC.read_text())
     assert module_code.startswith("# mymodel.py\n")

@@ -69,6 +69,7 @@ def test_places365_small_through_tfds(tmp_path):
     assert ((0 <= b.labels) & (b.labels < 365)).all()
 
 
+@pytest.mark.slow
 def test_dissection_reads_a_tfds_dataset(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     from jaxdissect.dissect import dissect
