@@ -2,8 +2,8 @@
 the same layers, the same edited outputs and the same dissection."""
 import jax
 import jax.numpy as jnp
-import pytest
 import numpy as np
+import pytest
 from flax import nnx
 
 import jaxdissect
