@@ -8,6 +8,12 @@ so unrequested layers are never kept. An edit is a pytree with `__call__(self, x
 arguments, so one compilation serves every edit of the same structure and shapes. A plain
 function is also accepted as an edit; it is static (a new function object compiles anew).
 Captured values show the edits.
+
+Flax NNX models work the same way: `models.load` (or `models.nnx_linen.nnx_to_linen`) wraps an
+NNX module so that each NNX sub-module call is a Linen layer named by its attribute path
+('features.conv1', 'blocks.3.mlp'); capture and edits then need nothing NNX-specific.
+`capture_views_fn` returns layers as the (N, H, W, units) arrays a dissection reads (token layers
+through their patch grid, attention heads as units; see models.views).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdissect.models import views
 from jaxdissect.models.registry import LoadedModel
 
 _COMPILED: dict[Any, Callable] = {}
@@ -83,9 +90,13 @@ def _is_static_edit(edit: Any) -> bool:
 
 
 def _get_captured(intermediates: Mapping, name: str) -> Any:
-    node = intermediates
-    for part in name.split("."):
-        node = node[part]
+    """The captured output of the layer `name`. A key may itself hold dots (an NNX layer called
+    from an ancestor, e.g. 'blocks.0' under the root), so each step takes the longest key that
+    starts the rest of the name."""
+    node, rest = intermediates, name
+    while rest:
+        key = max((k for k in node if k != "__call__" and (rest == k or rest.startswith(k + "."))), key=len)
+        node, rest = node[key], rest[len(key) + 1:]
     return node["__call__"][-1]  # a module called several times: its last output, as a hook would keep
 
 
@@ -103,9 +114,13 @@ def capture_fn(module: nn.Module, layers: Sequence[str] = (),
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             if edits and context.method_name == "__call__":
-                edit = edits.get(_dotted(context.module))
+                name = _dotted(context.module)
+                edit = edits.get(name)
                 if edit is not None:
-                    out = edit(out)
+                    try:
+                        out = edit(out)
+                    except (ValueError, TypeError) as e:
+                        raise ValueError(f"edit of layer {name!r} (output {tuple(out.shape)}): {e}") from e
             return out
 
         with nn.intercept_methods(interceptor):
@@ -120,6 +135,23 @@ def capture_fn(module: nn.Module, layers: Sequence[str] = (),
     return jax.jit(run)
 
 
+
+
+def capture_views_fn(model: LoadedModel, specs: Sequence[str],
+                     static_edits: Sequence[tuple[str, Callable]] = ()) -> Callable:
+    """The jitted `(variables, x, traced_edits) -> (output, {spec: (N, H, W, units)})` for layer
+    specs ('blocks.3', 'blocks.3.attn.heads:head_norms'): each spec's layer is captured once and
+    read through its view (models.views.spatial_view); a layer without a spatial view raises a
+    ValueError naming it, when traced."""
+    specs = tuple(specs)
+    layers = tuple(dict.fromkeys(views.parse_spec(spec)[0] for spec in specs))
+    run = capture_fn(model.module, layers, static_edits)
+
+    def spatial(variables, x, traced_edits):
+        y, acts = run(variables, x, traced_edits)
+        return y, {spec: views.spatial_view(model, spec, acts[views.parse_spec(spec)[0]]) for spec in specs}
+
+    return jax.jit(spatial)
 
 
 def capture(model: LoadedModel, x: Any, layers: Sequence[str] | str = (),
@@ -167,4 +199,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["capture", "capture_fn", "layer_shapes", "valid_layer_names", "clear_caches"]
+__all__ = ["capture", "capture_fn", "capture_views_fn", "layer_shapes", "valid_layer_names", "clear_caches"]

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -19,6 +20,11 @@ def _align(value: jax.Array, x: jax.Array) -> jax.Array:
     value = jnp.asarray(value, x.dtype)
     if value.ndim > x.ndim:
         raise ValueError(f"edit array of shape {value.shape} has more axes than the layer output {x.shape}")
+    for v, d in zip(value.shape[::-1], x.shape[::-1]):
+        if v not in (1, d):
+            units = (f"; its last axis must be the layer's {x.shape[-1]} units (e.g. num_units={x.shape[-1]})"
+                     if value.shape[-1] != x.shape[-1] else "")
+            raise ValueError(f"edit array of shape {value.shape} does not fit the layer output {x.shape}{units}")
     return value.reshape((1,) * (x.ndim - value.ndim) + value.shape)
 
 
@@ -57,6 +63,10 @@ class Rule:
 
 def unit_mask(units: Sequence[int] | jax.Array, num_units: int, dtype=jnp.float32) -> jax.Array:
     """A (num_units,) 0/1 vector with ones at `units`."""
+    if not isinstance(units, jax.core.Tracer):  # concrete units are checked (JAX drops out-of-range ones)
+        bad = [int(u) for u in np.asarray(units).reshape(-1) if not 0 <= int(u) < num_units]
+        if bad:
+            raise ValueError(f"units {bad} out of range for a layer of {num_units} units (0..{num_units - 1})")
     units = jnp.asarray(units, jnp.int32).reshape(-1)
     return jnp.zeros((num_units,), dtype).at[units].set(1)
 

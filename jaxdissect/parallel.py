@@ -5,7 +5,8 @@ one. Batches are split over the axis along their first dimension; parameters are
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -70,8 +71,8 @@ def add_distributed_flags(parser) -> None:
     g = parser.add_argument_group("several processes (hosts); also read from JAX_COORDINATOR_ADDRESS, "
                                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
     g.add_argument("--coordinator", default=None, help="host:port of process 0")
-    g.add_argument("--num-processes", type=int, default=None)
-    g.add_argument("--process-id", type=int, default=None)
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the run, one per host")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0 .. num-processes - 1")
     g.add_argument("--distributed-auto", action="store_true",
                    help="let JAX detect the cluster (TPU pod slices, SLURM, Open MPI)")
 
@@ -146,3 +147,64 @@ def to_host(tree: Any) -> Any:
         return np.asarray(a)
 
     return jax.tree.map(get, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-device mergeable states (a leading device axis), as every pass keeps them
+
+
+def merge_over_mesh(stacked: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Per-device states (leading device axis) -> their merge, replicated on every device, with
+    the states' own collectives (psum for counts, pmin/pmax for extremes, gathers for top-k)."""
+    return _merge_fn(mesh)(stacked)
+
+
+@functools.lru_cache(maxsize=None)
+def _merge_fn(mesh: jax.sharding.Mesh) -> Callable:
+    """One jitted merge per mesh, so repeated checkpoints do not recompile."""
+
+    def body(state):
+        local = jax.tree.map(lambda a: a[0], state)
+        return jax.tree.map(lambda s: s.all_reduce("data"), local, is_leaf=_is_state)
+
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("data"), out_specs=P(), check_vma=False))
+
+
+def _is_state(x) -> bool:
+    return hasattr(x, "all_reduce")
+
+
+def place_first(state: Any, empty: Any, mesh: jax.sharding.Mesh) -> Any:
+    """A per-device state array (leading device axis, split over the mesh) whose first device holds
+    `state` and every other device `empty` (merge-neutral). Works across processes: each builds
+    only its own devices' parts."""
+    sharding = jax.sharding.NamedSharding(mesh, P("data"))
+    n = mesh.size
+
+    def leaf(s, e):
+        s, e = np.asarray(s), np.asarray(e)
+
+        def part(index):
+            first = index[0].start or 0
+            return (s if first == 0 else e)[None]
+
+        return jax.make_array_from_callback((n,) + s.shape, sharding, part)
+
+    return jax.tree.map(leaf, state, empty)
+
+
+def sharded_pass(per_device: Callable, mesh: jax.sharding.Mesh, num_batch_args: int) -> Callable:
+    """Jit a step `per_device(state, replicated, *batch) -> state` over `mesh`'s 'data' axis.
+
+    The state carries a leading device axis (one state per device, never communicated during
+    the pass); `replicated` (e.g. variables, thresholds) is the same on every device; the batch
+    arguments are split over devices along their first axis. The state is donated."""
+
+    def body(state, replicated, *batch):
+        local = jax.tree.map(lambda a: a[0], state)
+        new = per_device(local, replicated, *batch)
+        return jax.tree.map(lambda a: a[None], new)
+
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(P("data"), P()) + (P("data"),) * num_batch_args,
+                       out_specs=P("data"), check_vma=False)
+    return jax.jit(fn, donate_argnums=0)

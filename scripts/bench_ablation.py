@@ -11,11 +11,16 @@ prefetch) is timed as well. Prints the times and the ratio sweep / (units x forw
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdissect import cli
+
+PROG = "bench_ablation.py"
 
 
 def _model(name: str, weights: str | None):
@@ -47,21 +52,36 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="toy_classifier")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--layer", default=None)
-    p.add_argument("--sample-size", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--mask-chunk", type=int, default=32)
-    p.add_argument("--devices", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_classifier", help="registered classifier")
+    p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached; a toy "
+                   "model without its weights gets random ones)")
+    p.add_argument("--layer", default=None, help="layer whose units are ablated (default: the model's default)")
+    p.add_argument("--sample-size", type=cli.positive_int, default=200, help="val scenes")
+    p.add_argument("--batch-size", type=cli.positive_int, default=50, help="images per batch (all devices)")
+    p.add_argument("--mask-chunk", type=cli.positive_int, default=32, help="masks evaluated at once per device")
+    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
+    p.add_argument("--repeats", type=cli.positive_int, default=3, help="timed runs after the warm-up (best kept)")
+    args = p.parse_args(argv)
+    spec = cli.check_model(p, "--model", args.model, ("classifier",))
+    cli.check_existing(p, "--weights", args.weights)
+    cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
+    args.model = spec.name
+    return args
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cli.check_devices(args.devices)
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources, steps
-    from jaxdissect.dissect.pipeline import resolve_layers
+    from jaxdissect.dissect import steps
+    from jaxdissect.data import sources
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import classifier_ablation as ca
     from jaxdissect.experiments.class_metrics import ClassCounts
     from jaxdissect.experiments.sweep import tail_function
@@ -111,7 +131,8 @@ def main() -> None:
           f"= {t_sweep / t_fwd:.1f} forward passes")
     print(f"same through evaluate_masks (host data):  {t_eval:8.3f} s")
     print(f"ratio sweep / (units x forward):          {t_sweep / (units * t_fwd):8.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+
+from jaxdissect import cli
+
+PROG = "bench_attacks.py"
 
 
 def load_model(name: str):
@@ -34,17 +39,28 @@ def load_model(name: str):
                            spec.normalization, spec.default_layer, tuple(spec.layer_names), labels), "random"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="toy_classifier")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--cw-steps", type=int, default=20, help="Adam steps per binary-search round")
-    p.add_argument("--binary-steps", type=int, default=1)
-    p.add_argument("--pgd-steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--devices", type=int, default=None)
-    args = p.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_classifier", help="registered classifier (random weights without its "
+                   "weights)")
+    p.add_argument("--batch", type=cli.positive_int, default=8, help="images attacked at once (all devices)")
+    p.add_argument("--cw-steps", type=cli.positive_int, default=20, help="Adam steps per binary-search round")
+    p.add_argument("--binary-steps", type=cli.positive_int, default=1, help="CW binary-search rounds")
+    p.add_argument("--pgd-steps", type=cli.positive_int, default=20, help="PGD iterations")
+    p.add_argument("--repeats", type=cli.positive_int, default=2, help="timed runs after the first (best kept)")
+    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
+    args = p.parse_args(argv)
+    args.model = cli.check_model(p, "--model", args.model, ("classifier",)).name
+    return args
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cli.check_devices(args.devices)
     import jax
     import numpy as np
 
@@ -91,7 +107,8 @@ def main() -> None:
         print(f"{name:>8}: {steps} steps/image, {batch / best:.3f} images/s, {batch * steps / best:.1f} "
               f"gradient steps/s (first call incl. compile {compile_s:.1f} s)")
     print(json.dumps(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 
@@ -20,22 +21,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import cli
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="toy_generator")
-    p.add_argument("--layer", default=None)
-    p.add_argument("--seg", default=None)
-    p.add_argument("--samples", type=int, default=16, help="images in the timed insertion run")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chunk", type=int, default=8)
-    p.add_argument("--units", type=int, default=20)
-    p.add_argument("--devices", type=int, default=None)
-    args = p.parse_args()
+PROG = "bench_generator_intervention.py"
 
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_generator", help="registered generator")
+    p.add_argument("--layer", default=None, help="default: the toy model's default layer, layer4 otherwise")
+    p.add_argument("--seg", default=None, help="toy or net[p][q][c] (default: toy for toy models, netpqc otherwise)")
+    p.add_argument("--samples", type=cli.positive_int, default=16, help="images in the timed insertion run")
+    p.add_argument("--batch-size", type=cli.positive_int, default=8, help="z per batch (all devices)")
+    p.add_argument("--chunk", type=cli.positive_int, default=8, help="edited images regenerated together")
+    p.add_argument("--units", type=cli.positive_int, default=20, help="units switched on together")
+    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
+    args = p.parse_args(argv)
+    spec = cli.check_model(p, "--model", args.model, ("generator",))
+    cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None)
+    cli.check_seg(p, "--seg", args.seg)
+    args.model = spec.name
+    return args
+
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cli.check_devices(args.devices)
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
-    from jaxdissect.dissect.pipeline import make_segmenter
+    from jaxdissect.data import sources
+    from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.experiments import generator_intervention as gi
     from jaxdissect.models import load
 
@@ -82,7 +100,8 @@ def main() -> None:
     print(f"  bare forwards needed: {t_bare:8.2f} s  {n / t_bare:8.3f} images/s  "
           f"({n_batches * batch * (1 + locations)} full generator + segmenter passes)")
     print(f"  ratio experiment / bare: {t_exp / t_bare:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

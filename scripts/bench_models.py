@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+
+from jaxdissect import cli
+
+PROG = "bench_models.py"
 
 
 def _torch_vgg16(num_classes: int = 365):
@@ -55,19 +60,26 @@ def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--batch", type=cli.positive_int, default=16, help="images per forward")
+    p.add_argument("--repeats", type=cli.positive_int, default=5, help="timed forwards per side (median kept)")
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
     import torch
 
     import jaxdissect
     from jaxdissect import models
-    from weight_conversion import convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
 
     torch.manual_seed(0)
     net = _torch_vgg16()
@@ -116,7 +128,8 @@ def main() -> None:
     for name, sec in results.items():
         ips = args.batch / sec
         print(f"  {name:24s} {ips:7.2f} img/s   ({sec:.2f} s/batch)   jax/this = {jax_ips / ips:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,19 +15,30 @@ import os
 import sys
 import time
 
+from jaxdissect import cli  # imports jax, but no backend starts before XLA_FLAGS is set below
 
-def parse():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="toy_classifier", help="registered model (random weights are used)")
-    p.add_argument("--batch-per-device", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--simulate", type=int, default=4, help="simulated CPU devices when there is no accelerator")
-    return p.parse_args()
+PROG = "bench_scaling.py"
 
 
-def main() -> None:
-    args = parse()
-    if "jax" not in sys.modules and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="toy_classifier", help="registered classifier (random weights are used)")
+    p.add_argument("--batch-per-device", type=cli.positive_int, default=8, help="images per device per step")
+    p.add_argument("--steps", type=cli.positive_int, default=10, help="timed steps per device count (median kept)")
+    p.add_argument("--simulate", type=cli.positive_int, default=4,
+                   help="simulated CPU devices when there is no accelerator (and XLA_FLAGS does not set them)")
+    args = p.parse_args(argv)
+    args.model = cli.check_model(p, "--model", args.model, ("classifier",)).name
+    return args
+
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.simulate}").strip()
     import jax
@@ -89,7 +100,8 @@ def main() -> None:
         share = merge_t / (merge_t + 25 * step_t)  # one merge per 25-batch checkpoint, as the pipeline does
         print(f"  {n} device(s): {rate:8.1f} img/s  (x{rate / base:.2f} of 1 device)  step {step_t * 1e3:7.1f} ms  "
               f"merge {merge_t * 1e3:7.1f} ms = {share:.1%} of a checkpoint interval")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Benchmark of the streaming statistics, side by side with the forward pass they accompany.
 
 Measures, in one run on the same data: the jitted per-batch update of QuantileSketch and
-IoUTally for a VGG16 conv5_3-shaped batch (10 images, 512 units upsampled to 56x56 = 31,360
+IoUTally for a VGG16 conv5_3-shaped batch (--batch images, 10 by default: 512 units upsampled to 56x56 = 31,360
 rows) and the jitted VGG16 forward of that batch (random weights). Prints medians and the
 ratios (goal: each update <= 10% of the forward), then the sketch's accuracy on adversarial
 streams and its state size.
@@ -11,13 +11,14 @@ streams and its state size.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect import stats
+from jaxdissect import cli, stats
 from jaxdissect.stats.accuracy import STREAM_NAMES, adversarial_streams, max_rank_errors
 
 
@@ -31,31 +32,46 @@ def median_time(fn, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
-def vgg16_forward():
-    """A jitted VGG16 (the registered vgg16_places module) with random weights, batch 10."""
+PROG = "bench_stats.py"
+
+
+def vgg16_forward(batch: int = 10):
+    """A jitted VGG16 (the registered vgg16_places module) with random weights."""
     from jaxdissect.models.registry import get_spec
 
     spec = get_spec("vgg16_places")
     module = spec.build(spec.default_config)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(10, 224, 224, 3)).astype(np.float32))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)).astype(np.float32))
     variables = jax.jit(module.init)(jax.random.key(0), x)
     return jax.jit(module.apply), (variables, x)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--num-labels", type=int, default=1200, help="segmentation labels for IoUTally")
-    parser.add_argument("--accuracy-n", type=int, default=2_000_000, help="values per unit for the accuracy check")
-    args = parser.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--repeats", type=cli.positive_int, default=7, help="timed runs of each (median kept)")
+    p.add_argument("--resolution", type=cli.power_of_two(1, 65536), default=128,
+                   help="QuantileSketch bins per power of two")
+    p.add_argument("--num-labels", type=cli.int_at_least(2), default=1200, help="segmentation labels for IoUTally")
+    p.add_argument("--accuracy-n", type=cli.int_at_least(16), default=2_000_000,
+                   help="values per unit for the accuracy check")
+    p.add_argument("--batch", type=cli.positive_int, default=10,
+                   help="images of the conv5_3-shaped batch (56 x 56 x 512 rows each) and of the forward")
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    return cli.run_script(PROG, parse_args, run, argv)
+
+
+def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
-    rows = jnp.asarray(np.maximum(rng.normal(size=(31_360, 512)), 0).astype(np.float32))
-    indicator = rows.reshape(10, 56, 56, 512) > 1.5
-    labels = jnp.asarray(rng.integers(0, args.num_labels, size=(10, 6, 56, 56)).astype(np.int32))
+    n = args.batch
+    rows = jnp.asarray(np.maximum(rng.normal(size=(n * 56 * 56, 512)), 0).astype(np.float32))
+    indicator = rows.reshape(n, 56, 56, 512) > 1.5
+    labels = jnp.asarray(rng.integers(0, args.num_labels, size=(n, 6, 56, 56)).astype(np.int32))
 
-    forward, forward_args = vgg16_forward()
+    forward, forward_args = vgg16_forward(n)
     sketch_update = jax.jit(lambda s, x: s.update(x), donate_argnums=0)
     iou_update = jax.jit(lambda s, i, l: s.update(i, l), donate_argnums=0)
 
@@ -75,10 +91,10 @@ def main() -> None:
     fwd, sketch, iou = results["forward"], results["sketch"], results["iou"]
     print(f"devices: {jax.devices()}")
     print(f"median of {args.repeats} runs, same process, same data")
-    print(f"  vgg16 forward, batch 10 at 224: {fwd * 1e3:8.1f} ms")
-    print(f"  QuantileSketch.update 31,360 x 512 (resolution {args.resolution}): {sketch * 1e3:8.1f} ms "
+    print(f"  vgg16 forward, batch {n} at 224: {fwd * 1e3:8.1f} ms")
+    print(f"  QuantileSketch.update {n * 56 * 56:,} x 512 (resolution {args.resolution}): {sketch * 1e3:8.1f} ms "
           f"= {sketch / fwd:.1%} of the forward")
-    print(f"  IoUTally.update 10x56x56x512 vs 6 channels, {args.num_labels} labels: {iou * 1e3:8.1f} ms "
+    print(f"  IoUTally.update {n}x56x56x512 vs 6 channels, {args.num_labels} labels: {iou * 1e3:8.1f} ms "
           f"= {iou / fwd:.1%} of the forward")
 
     data = adversarial_streams(args.accuracy_n)
@@ -93,7 +109,8 @@ def main() -> None:
         print("  " + " ".join(f"{e:10.2e}" for e in row) + f"  {name}")
     print(f"  worst: {errors.max(0)}  (bounds 5e-4, 1e-4, 1e-4)")
     print(f"state size: {sketch_state.state_bytes_per_unit:,} bytes per unit (resolution {args.resolution})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,13 +3,17 @@
     python scripts/train_toy.py classifier --seed 0
     python scripts/train_toy.py classifier-head --seed 0   (after the classifier: re-fits its head)
     python scripts/train_toy.py segmenter --seed 0
-    python scripts/train_toy_gan.py ...                 (the generator: see that script)
+    python scripts/train_toy.py generator --seed 0      (after the segmenter: it judges samples)
+    python scripts/train_toy.py segmenter --seed 0 --steps 800 --balance 0.5 --prior-correction 0.75
+                                                        (the shipped segmenter: rare parts such as doors count)
 
 Each run is seeded (data, initialisation, batch order) and writes a weights folder
 (jaxdissect.models.weights_io) under --out, plus its metrics into TRAINING.json and
-TRAINING.md beside them. The generator is a GAN trained by scripts/train_toy_gan.py, which
-records through `write_training_md` here and measures its unit ablations with
-`measure_generator`.
+TRAINING.md beside them. The generator is a VAE decoder (ProGAN-layered) whose middle layer
+also predicts the object map through a 1x1 auxiliary head, so its units learn to lay out
+objects; only the decoder is shipped. It stays the shipped toy_generator until a GAN trained by
+scripts/train_toy_gan.py (which records through `write_training_md` and measures its unit ablations
+with `measure_generator` here) replaces it.
 
 The classifier-head stage keeps the trained convolutional features and fits fc6/fc7 again
 (seeded, from scratch) on the pooled conv4_2 units with an L1 penalty on the fc6 kernel, so
@@ -34,11 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdissect import cli
 from jaxdissect.data.scenes import SCENE_LABELS, Scenes
 from jaxdissect.experiments.generator_quality import to_network_size
-from jaxdissect.models import registry, toy
+from jaxdissect.models import load, registry, toy
 from jaxdissect.models.weights_io import save_weights
-from jaxdissect.segment.toy import category_label_ids, subsample_labels
+from jaxdissect.segment.toy import ToySegmenter, category_label_ids, subsample_labels
 from jaxdissect.stats import IoUTally, QuantileSketch
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent.parent / "jaxdissect" / "weights"
@@ -95,9 +100,9 @@ def make_optimizer(lr: float, steps: int, wd: float = 1e-4):
 
 
 def fit(loss_fn: Callable, params, data_fn: Callable[[np.random.Generator], Any], steps: int, lr: float,
-        seed: int, every: int = 50):
+        seed: int, every: int = 50, wd: float = 1e-4):
     """Adam(W) with warmup + cosine decay; returns the trained params and the last losses."""
-    opt = make_optimizer(lr, steps)
+    opt = make_optimizer(lr, steps, wd)
     state = opt.init(params)
 
     @jax.jit
@@ -356,8 +361,6 @@ def prior_correction(variables, weights: Sequence[jax.Array], amount: float):
 
 
 def train_segmenter(args) -> dict:
-    from jaxdissect.segment.toy import ToySegmenter
-
     spec = registry.get_spec("toy_segmenter")
     config = {**spec.default_config, "class_counts": list(toy.segmenter_class_counts())}
     module = spec.build(config)
@@ -406,8 +409,67 @@ def train_segmenter(args) -> dict:
     return metrics
 
 
-# ---- generator measurements (the generator itself is trained by scripts/train_toy_gan.py) -----
-GENERATOR_LAYER = "layer6"  # 16x16: the toy generator's default layer
+# ---- generator (VAE decoder with an object-layout auxiliary head) ----------------------------
+class Encoder(nn.Module):
+    z_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        for i, ch in enumerate((16, 32, 64, 96, 128)):
+            x = nn.leaky_relu(nn.Conv(ch, (3, 3), strides=(2, 2), padding=1, name=f"conv{i}")(x), 0.2)
+        x = nn.Dense(2 * self.z_dim, name="out")(x.reshape(x.shape[0], -1))
+        return x[:, :self.z_dim], x[:, self.z_dim:]
+
+
+AUX_LAYER = "layer6"  # 16x16: the layer whose units are asked to lay out objects
+
+
+def train_generator(args) -> dict:
+    spec = registry.get_spec("toy_generator")
+    config = dict(spec.default_config)
+    gen = spec.build(config)
+    zd = int(config["z_dim"])
+    enc = Encoder(zd)
+    n_obj = toy.segmenter_class_counts()[0]
+    aux = nn.Conv(n_obj, (1, 1))
+    train = scene_arrays("train", args.train_size, args.seed, args.cache)
+    objmap = category_class_maps(train["segmentation"][:, :1, 4::8, 4::8])[:, 0]  # (N, 16, 16)
+    k1, k2, k3 = jax.random.split(jax.random.key(args.seed), 3)
+    params = {"gen": gen.init(k1, jnp.zeros((1, zd))), "enc": enc.init(k2, jnp.zeros((1, 128, 128, 3))),
+              "aux": aux.init(k3, jnp.zeros((1, 16, 16, config["channels"][2])))}
+    bs, sigma2 = args.batch, args.sigma ** 2
+
+    def data(rng):
+        idx = rng.integers(0, len(train["scene"]), bs)
+        x = train["image"][idx]
+        flip = rng.random(bs) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        y = np.where(flip[:, None, None], objmap[idx][:, :, ::-1], objmap[idx])
+        return to_pm1(x), jnp.asarray(y)
+
+    def loss_fn(p, batch, key):
+        x, y = batch
+        mu, logvar = enc.apply(p["enc"], x)
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape)
+        xr, h = run_with_capture(gen, p["gen"], z, AUX_LAYER)
+        rec = jnp.sum((xr - x) ** 2, axis=(1, 2, 3)).mean() / (2 * sigma2)
+        kl = 0.5 * jnp.sum(jnp.exp(logvar) + mu ** 2 - 1 - logvar, axis=1).mean()
+        ce = optax.softmax_cross_entropy_with_integer_labels(aux.apply(p["aux"], h), y).sum((1, 2)).mean()
+        return (rec + kl + args.aux_weight * ce) / (128 * 128), {"rec": rec, "kl": kl, "ce": ce}
+
+    if args.measure_only:
+        variables, last, secs = shipped_variables("toy_generator", args)
+    else:
+        params, last, secs = fit(loss_fn, params, data, args.steps, args.lr, args.seed)
+        variables = params["gen"]
+        save_weights(os.path.join(args.out, "toy_generator"), "toy_generator", variables, config, seed=args.seed)
+    metrics = {"train_loss": last, "train_seconds": secs}
+    seg = ToySegmenter(load("toy_segmenter", weights=os.path.join(args.out, "toy_segmenter")))
+    metrics.update(measure_generator(gen, variables, config, seg))
+    save_sample_grid(os.path.join(args.out, "toy_generator_samples.png"), gen, variables, config)
+    save_weights(os.path.join(args.out, "toy_generator"), "toy_generator", variables, config, seed=args.seed,
+                 metrics=metrics)
+    return metrics
 
 
 def generator_samples(z_dim: int, n: int, seed: int) -> np.ndarray:
@@ -415,7 +477,19 @@ def generator_samples(z_dim: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, z_dim)).astype(np.float32)
 
 
-def measure_generator(gen, variables, config, seg, n=200, seed=1, layer=GENERATOR_LAYER, k=None) -> dict:
+def save_sample_grid(path: str, gen, variables, config, seed: int = 1) -> None:
+    """The generator's first 32 measurement samples (seed `seed`) as a 4 x 8 grid, halved to 512x256."""
+    from PIL import Image
+
+    z = jnp.asarray(generator_samples(int(config["z_dim"]), 32, seed))
+    grid = np.asarray(gen.apply(variables, z))
+    grid = ((grid + 1) * 127.5).clip(0, 255).astype(np.uint8).reshape(4, 8, *grid.shape[1:])
+    h, w = grid.shape[2:4]
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(4 * h, 8 * w, 3)
+    Image.fromarray(grid).resize((4 * w, 2 * h), Image.BILINEAR).save(path)
+
+
+def measure_generator(gen, variables, config, seg, n=200, seed=1, layer=AUX_LAYER, k=None) -> dict:
     """Samples' object rates by the toy segmenter (`seg`, on the images at 128 px) and the
     unit-ablation effect for every object class: zero the k units whose thresholded activations
     best match the class (IoU at the layer's 99th percentile, upsampled to 64x64)."""
@@ -454,9 +528,14 @@ def measure_generator(gen, variables, config, seg, n=200, seed=1, layer=GENERATO
 # ---- main ----------------------------------------------------------------------------------
 DEFAULTS = {
     "classifier": dict(steps=700, batch=32, lr=2e-3, train_size=6000),
-    "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000),
-    "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64),
+    "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000, l1=1e-3),
+    "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64, balance=0.0, prior_correction=0.0),
+    "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000, sigma=0.2, aux_weight=20.0),
 }
+STAGE_FLAGS = {"l1": "classifier-head", "crop": "segmenter", "balance": "segmenter", "prior_correction": "segmenter",
+               "sigma": "generator", "aux_weight": "generator"}
+STAGE_HYPERPARAMETERS = {"classifier-head": ("l1",), "segmenter": ("balance", "prior_correction")}
+PROG = "train_toy.py"
 
 
 def _without_cache(argv: Sequence[str]) -> list[str]:
@@ -472,17 +551,18 @@ def _without_cache(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def record(out: str, which: str, metrics: dict, argv: Sequence[str], args) -> None:
-    """Merge this run's command, seed and metrics into TRAINING.json and rewrite TRAINING.md.
-    A --measure-only run keeps the training command and adds the measuring one."""
+def record(out: str, which: str, metrics: dict, argv: Sequence[str], args, script: str = "scripts/train_toy.py",
+           hyperparameters: Sequence[str] = ("steps", "batch", "lr", "train_size")) -> None:
+    """Merge this run's command (`script` and its arguments), seed and metrics into TRAINING.json
+    and rewrite TRAINING.md. A --measure-only run keeps the training command and adds the measuring one."""
     path = os.path.join(out, "TRAINING.json")
     data = json.load(open(path)) if os.path.isfile(path) else {}
-    command = "python scripts/train_toy.py " + " ".join(_without_cache(argv))
+    command = f"python {script} " + " ".join(_without_cache(argv))
     entry = data.get(which, {}) if args.measure_only else {}
     if not args.measure_only:
-        entry = {"command": command, "seed": args.seed,
-                 "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size")
-                                     + (("l1",) if which == "classifier-head" else ()) + (("balance", "prior_correction") if which == "segmenter" else ())},
+        entry = {"command": command.rstrip(), "seed": args.seed,
+                 "hyperparameters": {k: getattr(args, k) for k in tuple(hyperparameters)
+                                     + STAGE_HYPERPARAMETERS.get(which, ())},
                  "jax": jax.__version__}
     else:
         entry["measured_by"] = command
@@ -496,7 +576,8 @@ def record(out: str, which: str, metrics: dict, argv: Sequence[str], args) -> No
 
 def write_training_md(out: str, data: dict) -> None:
     lines = ["# Training of the shipped toy networks", "",
-             "Written by scripts/train_toy.py (do not edit by hand). Every run is seeded; the scenes are",
+             "Written by the training scripts (scripts/train_toy.py and the scripts/train_toy_*.py beside it; do not edit",
+             "by hand). Every run is seeded; the scenes are",
              "generated by jaxdissect.data.scenes (train split for training, val split for metrics).", ""]
     for which, e in sorted(data.items()):
         m = e.get("metrics", {})
@@ -513,6 +594,13 @@ def write_training_md(out: str, data: dict) -> None:
         elif which == "classifier-head":
             lines.append(f"- val accuracy: {m.get('val_accuracy')} on {m.get('val_size')} val scenes; fc6 reads "
                          f"{m.get('units_read')} of the 128 conv4_2 units")
+        elif which == "vit":
+            lines.append(f"- val accuracy: {m.get('val_accuracy')} on {m.get('val_size')} val scenes")
+            for layer, d in m.get("dissection", {}).items():
+                lines.append(f"- dissection of {layer} on {d.get('images')} val scenes (quantile 0.995, ground-truth "
+                             f"labels at 64x64, patch grid without the class token): {d.get('units_iou_gt')}/"
+                             f"{d.get('units')} units with IoU > 0.04; object/part concepts: "
+                             f"{', '.join(d.get('object_part_concepts', []))}")
         elif which == "segmenter":
             for cat, v in m.get("per_category", {}).items():
                 lines.append(f"- {cat}: pixel accuracy {v['pixel_accuracy']:.4f}, mean IoU {v['mean_iou']:.4f}")
@@ -525,43 +613,68 @@ def write_training_md(out: str, data: dict) -> None:
             for name, a in m.get("ablation", {}).items():
                 lines.append(f"- zeroing the {m.get('k')} {m.get('layer')} units best matching {name}: "
                              f"{a['pixels_before']} -> {a['pixels_after']} pixels (removed {a['removed_fraction']:.2f})")
-        lines += e.get("summary_lines", [])  # runs of other training scripts (train_toy_gan.py) say their own
+        lines += e.get("summary_lines", [])  # other training scripts (train_toy_clip.py, train_toy_gan.py) add theirs
         lines.append("")
     with open(os.path.join(out, "TRAINING.md"), "w") as f:
         f.write("\n".join(lines))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=sorted(DEFAULTS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(DEFAULT_OUT))
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags, each checked before any work; stage defaults (DEFAULTS) filled in."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("which", choices=sorted(DEFAULTS), help="the network (stage) to train")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="data, initialisation and batch order")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the weights folders and TRAINING.json/.md")
     p.add_argument("--cache", default=None, help="folder to cache generated training scenes (.npz)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--train-size", type=int)
-    p.add_argument("--val-size", type=int, default=500)
-    p.add_argument("--crop", type=int, default=64)
+    defaults = lambda k: ", ".join(f"{w} {d[k]}" for w, d in DEFAULTS.items() if k in d)  # noqa: E731
+    p.add_argument("--steps", type=cli.positive_int, help=f"optimizer steps (default: {defaults('steps')})")
+    p.add_argument("--batch", type=cli.positive_int, help=f"batch size (default: {defaults('batch')})")
+    p.add_argument("--lr", type=cli.positive_float, help=f"peak learning rate (default: {defaults('lr')})")
+    p.add_argument("--train-size", type=cli.positive_int,
+                   help=f"training scenes (default: {defaults('train_size')})")
+    p.add_argument("--val-size", type=cli.positive_int, default=500, help="val scenes the metrics are measured on")
+    p.add_argument("--crop", type=cli.int_multiple_of(8, 8, 128),
+                   help="segmenter only: training crop, a multiple of 8 up to 128 (the net downsamples 8x) (default: 64)")
+    p.add_argument("--balance", type=cli.nonnegative_float,
+                   help="segmenter only: weigh each class by frequency^-BALANCE in the loss "
+                        "(default: 0, unweighted; 0.5: rare parts such as doors count)")
+    p.add_argument("--prior-correction", type=cli.nonnegative_float,
+                   help="segmenter only: after training, move each head's bias by -A * log(class weight) of --balance "
+                        "(default: 0; 1 undoes the weighting's shift)")
+    p.add_argument("--sigma", type=cli.positive_float, help="generator only: VAE pixel noise std (default: 0.2)")
     p.add_argument("--measure-only", action="store_true",
                    help="measure the shipped weights in --out again instead of training")
-    p.add_argument("--balance", type=float, default=0.0,
-                   help="segmenter: weigh each class by frequency^-BALANCE in the loss (0: unweighted; 0.5: rare parts count)")
-    p.add_argument("--prior-correction", type=float, default=0.0,
-                   help="segmenter: after training, move each head's bias by -A * log(class weight) (see --balance)")
-    p.add_argument("--l1", type=float, default=1e-3, help="classifier-head: L1 weight on the fc6 kernel")
+    p.add_argument("--l1", type=cli.nonnegative_float,
+                   help="classifier-head only: L1 weight on the fc6 kernel (default: 0.001)")
+    p.add_argument("--aux-weight", type=cli.nonnegative_float,
+                   help="generator only: weight of the object-map head (default: 20.0)")
     args = p.parse_args(argv)
+    for flag, stage in STAGE_FLAGS.items():
+        if getattr(args, flag) is not None and args.which != stage:
+            p.fail("--" + flag.replace("_", "-"), f"applies to {stage} only, not {args.which}")
+    if args.which == "classifier-head" and args.measure_only:
+        p.fail("--measure-only", "classifier-head has none (measure with: classifier --measure-only)")
+    cli.check_outdir(p, "--out", args.out)
+    if args.cache is not None:
+        cli.check_outdir(p, "--cache", args.cache)
     for k, v in DEFAULTS[args.which].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    return args
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     jax.config.update("jax_default_matmul_precision", "float32")
-    if args.which == "classifier-head" and args.measure_only:
-        p.error("classifier-head has no --measure-only (measure with: classifier --measure-only)")
-    metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head,
-               "segmenter": train_segmenter}[args.which](args)
+    metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head, "segmenter": train_segmenter,
+               "generator": train_generator}[args.which](args)
     record(args.out, args.which, metrics, argv, args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run_script(PROG, parse_args, lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

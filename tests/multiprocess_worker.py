@@ -1,6 +1,9 @@
 """One process of a multi-process dissection (launched by tests/test_multiprocess.py).
 
 usage: multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES OUTDIR KILL_AT RESULT_NPZ
+
+KILL_AT: a sample index (the run dies in pass 1 when it loads it), -1 (no kill), or iou:N (the run
+dies at the N-th read of the segmentation cache, in the IoU pass).
 """
 import sys
 
@@ -16,13 +19,29 @@ def main():
     from jaxdissect.dissect import DissectConfig, dissect
     from planted import EncodedScenes, planted_model
 
+    sample_kill = -1 if kill_at.startswith("iou:") else int(kill_at)
+
     class KilledAt(EncodedScenes):
         """Every process dies at the batch that reaches sample `kill_at`, like a killed job."""
 
         def load(self, indices):
-            if int(kill_at) >= 0 and max(int(i) for i in indices) >= int(kill_at):
+            if sample_kill >= 0 and max(int(i) for i in indices) >= sample_kill:
                 raise SystemExit(17)
             return super().load(indices)
+
+    if kill_at.startswith("iou:"):
+        from jaxdissect.array_cache import ArrayCache
+
+        original, reads = ArrayCache.read, []
+
+        def read(self, indices):
+            if "segmentations" in self.path:
+                reads.append(1)
+                if len(reads) == int(kill_at[4:]):
+                    raise SystemExit(18)
+            return original(self, indices)
+
+        ArrayCache.read = read
 
     cfg = DissectConfig(outdir=outdir, quantile=0.5, batch_size=8, progress=False, checkpoint_every=2,
                         thumbsize=32, topk=10)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdissect import models
 from jaxdissect.dissect import sources
 from jaxdissect.experiments import adversarial as adv
 from jaxdissect.experiments import adversarial_report as rep
@@ -195,12 +196,13 @@ def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
     recomputing it: here from a source that fails on its first read."""
     from jaxdissect import parallel
     from jaxdissect.experiments import classifier_ablation as ca
+    from jaxdissect.passes import StageStore
 
     result = run_planted(tmp_path)
     model = planted_model()
     icfg = ca.InterventionConfig(model=model.name, dataset="planted", outdir=str(tmp_path), batch_size=8,
                                  progress=False)
-    stages = ca._Stages(ca.experiment_dir(icfg, model.name, "units"))
+    stages = StageStore(ca.experiment_dir(icfg, model.name, "units"))
     train, _ = planted_sources()
     unreadable = ArraySource(train.images, train.labels, train.classes, fail_at_call=0)
     single = np.concatenate([np.zeros((1, U), np.float32), np.eye(U, dtype=np.float32)])
@@ -276,12 +278,7 @@ def test_the_papers_finding_on_the_toy_world(tmp_path):
     """The target's 4 most important units change more than the other units, with a stated margin:
     the pooled target mean is at least 1.5 x the other units' mean and the 99% intervals do not
     overlap (fixed seeds: scenes seed 0, image order seed 0)."""
-    from jaxdissect.models import load
-
-    try:
-        model = load("toy_classifier")
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"the trained toy_classifier weights are not in the package yet: {e}")
+    model = models.load("toy_classifier")  # shipped in the package: missing or broken weights fail the test
     cfg = adv.AdversarialConfig(targets=("street", "forest", "harbour"), images_per_target=4, train_size=400,
                                 attack=A.CWConfig(binary_search_steps=2, steps=30, learning_rate=0.1,
                                                   initial_const=10.0),
@@ -294,3 +291,21 @@ def test_the_papers_finding_on_the_toy_world(tmp_path):
     target, other = s["groups"]["target"], s["groups"]["other"]
     assert target["mean"] >= 1.5 * other["mean"], (target, other)
     assert target["low"] > other["high"], (target, other)
+
+
+def test_a_broken_shipped_checkpoint_fails_the_papers_finding(tmp_path, monkeypatch):
+    """A corrupt packaged checkpoint (read errors are ValueErrors) must fail, not skip."""
+    from weight_conversion.errors import PthReadError
+
+    def broken(name, weights=None):
+        raise PthReadError(f"{name}: truncated checkpoint")
+
+    monkeypatch.setattr(models, "load", broken)
+    try:
+        test_the_papers_finding_on_the_toy_world(tmp_path)
+    except pytest.skip.Exception:
+        pytest.fail("a broken shipped checkpoint skipped the test instead of failing it")
+    except PthReadError as e:
+        assert "truncated" in str(e)
+    else:
+        pytest.fail("the test passed with a broken checkpoint")

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdissect import models
 from jaxdissect.experiments import attacks as A
 
 D, K = 4 * 4 * 3, 3
@@ -177,13 +178,10 @@ def test_gradients_match_finite_differences_in_float64():
     assert "worst relative error" in out.stdout
 
 
-def toy_classifier_or_skip():
-    from jaxdissect.models import load
-
-    try:
-        return load("toy_classifier")
-    except (FileNotFoundError, ValueError) as e:
-        pytest.skip(f"the trained toy_classifier weights are not in the package yet: {e}")
+def shipped_toy_classifier():
+    """The trained toy classifier, whose weights ship in the package: a missing or broken
+    checkpoint fails the test, never skips it."""
+    return models.load("toy_classifier")
 
 
 @pytest.mark.slow
@@ -191,7 +189,7 @@ def test_targeted_attacks_on_the_trained_toy_classifier():
     """Success rate and mean L2 on 8 scene images, each attacked towards another scene class."""
     from jaxdissect.dissect import sources
 
-    model = toy_classifier_or_skip()
+    model = shipped_toy_classifier()
     src = sources.ScenesSource(8, split="val")
     batch = src.load(np.arange(8))
     x = jnp.asarray(batch.inputs, jnp.float32) / 255
@@ -209,3 +207,21 @@ def test_targeted_attacks_on_the_trained_toy_classifier():
         assert rate >= 0.75, rate
         if isinstance(cfg, A.PGDConfig):
             assert (r.l2 <= 12.0 * (1 + 1e-5)).all()
+
+
+def test_a_broken_shipped_checkpoint_fails_the_trained_model_test(monkeypatch):
+    """A corrupt packaged checkpoint (read errors are ValueErrors) must fail, not skip."""
+    from weight_conversion.errors import PthReadError
+
+    def broken(name, weights=None):
+        raise PthReadError(f"{name}: truncated checkpoint")
+
+    monkeypatch.setattr(models, "load", broken)
+    try:
+        test_targeted_attacks_on_the_trained_toy_classifier()
+    except pytest.skip.Exception:
+        pytest.fail("a broken shipped checkpoint skipped the test instead of failing it")
+    except PthReadError as e:
+        assert "truncated" in str(e)
+    else:
+        pytest.fail("the test passed with a broken checkpoint")

@@ -100,7 +100,7 @@ def planted_sources(fail_at=None):
 
 def fake_dissection(directory, best_iou, labels):
     """A dissection result of the planted layer, with a report.json to extend."""
-    from jaxdissect.dissect.pipeline import LayerResult
+    from jaxdissect.dissect import LayerResult
     from jaxdissect.report.report_json import write_report_json
 
     os.makedirs(directory, exist_ok=True)
@@ -311,7 +311,7 @@ def test_killed_stage_resumes_to_identical_counts(tmp_path):
     kw = dict(batch_size=16, checkpoint=ckpt, checkpoint_every=3)
     with pytest.raises(KeyboardInterrupt):
         ca.evaluate_masks(model, "units", crashing, masks, K + 1, mesh=parallel.make_mesh(2), **kw)
-    assert json.load(open(os.path.join(ckpt, "progress.json")))["batches_done"] == 18
+    assert json.load(open(os.path.join(ckpt, "checkpoints", "masks", "meta.json")))["samples_done"] == 18 * 16
     seen = []
     orig_load = crashing.load
     crashing.load = lambda idx: seen.append(int(np.min(idx))) or orig_load(idx)

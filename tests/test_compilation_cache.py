@@ -26,3 +26,17 @@ def test_a_configured_cache_is_kept(no_cache_configured, tmp_path, monkeypatch):
     assert jax.config.jax_compilation_cache_dir is None  # jax reads its env variable itself
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "set"))
     assert enable_compilation_cache() == str(tmp_path / "set")
+
+
+def test_quick_compilations_are_kept_too(tmp_path):
+    """A toy's steps compile in well under JAX's default one-second minimum; they are cached all the same."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jax, jax.numpy as jnp\n"
+            "from jaxdissect.compilation_cache import enable_compilation_cache\n"
+            "enable_compilation_cache(sys.argv[1])\n"
+            "print(jax.jit(lambda x: jnp.sin(x) * 3 + 1)(jnp.ones(7)).sum())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "cc")], check=True, env=env, timeout=300)
+    assert any((tmp_path / "cc").iterdir())

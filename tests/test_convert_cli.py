@@ -249,7 +249,8 @@ def test_cli_errors_in_process(tmp_path, tiny_spec, capsys):
 def test_shape_check_against_module(tmp_path, tiny_spec):
     """A key map that produces a wrong tree is caught by the check against module.init's shapes."""
     from jaxdissect.models import registry
-    from weight_conversion import KeyMapError, convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
+    from weight_conversion import KeyMapError
 
     pth, _ = tiny_checkpoint(tmp_path / "tiny.pth")
 
@@ -271,7 +272,7 @@ def test_shape_check_against_module(tmp_path, tiny_spec):
 def test_config_from_checkpoint(tmp_path, tiny_spec):
     """config_from_torch decides the module config (7 classes here, default 5)."""
     from jaxdissect.models.weights_io import load_weights
-    from weight_conversion import convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
 
     pth, _ = tiny_checkpoint(tmp_path / "tiny7.pth", num_classes=7)
     out = convert_checkpoint("tiny_cli", pth, tmp_path / "out")

@@ -28,7 +28,7 @@ def default_run(tmp_path_factory):
 def test_default_run_writes_the_report(default_run):
     d, stdout = default_run
     assert "units labelled with IoU > 0.04" in stdout
-    for f in ("report.html", "report.json", "concepts.svg", "done.txt", "stats/iou", "image/unit0.jpg"):
+    for f in ("report.html", "report.json", "concepts.svg", "done.txt", "stats/iou/iou", "stats/thresholds.json", "image/unit0.jpg"):
         assert (d / f).exists(), f
     assert not (d / "checkpoints").exists()
 

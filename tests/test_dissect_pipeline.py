@@ -1,12 +1,15 @@
-"""The dissection pipeline end to end on a planted-concept model, devices, resume, locking."""
+"""The dissection pipeline end to end: planted concepts, outputs, devices, caches, resume, locking."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from jaxdissect.dissect import DissectConfig, dissect, runstate
+from jaxdissect.array_cache import ArrayCache
+from jaxdissect.dissect import DissectConfig, dissect, runstate, sources
 from planted import EncodedScenes, planted_model
+
+PLANTED_DIR = "planted-scenes-scenes-planted-500-t32"
 
 
 def config(tmp_path, **kw):
@@ -40,24 +43,30 @@ def test_planted_units_are_labelled_with_their_own_label(planted_run):
 def test_outputs_written(planted_run):
     out, r = planted_run
     d = r.directory
-    assert os.path.basename(d) == "planted-scenes-scenes-planted-500-t32"
-    for f in ("report.json", "report.html", "concepts.svg", "done.txt", "image/unit1.jpg", "stats/iou",
-              "stats/quantiles", "stats/topk"):
+    assert os.path.basename(d) == PLANTED_DIR
+    for f in ("report.json", "report.html", "concepts.svg", "done.txt", "fingerprint.json", "image/unit1.jpg",
+              "stats/activations/quantiles", "stats/activations/topk", "stats/activations/top_maps",
+              "stats/thresholds.json", "stats/iou/iou", "cache/activations/array.zarr"):
         assert os.path.exists(os.path.join(d, f)), f
     report = json.load(open(os.path.join(d, "report.json")))
     assert len(report["units"]) == 55
     assert report["units"][1]["label"] == "sky" and report["units"][1]["cat"] == "object"
     assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
+    assert not os.path.exists(os.path.join(d, "checkpoints"))
 
 
 @pytest.mark.parametrize("devices", [4, pytest.param(2, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)])
 def test_device_count_gives_identical_results(planted_run, tmp_path, devices):
     _, one = planted_run
     [four] = dissect(config(tmp_path, devices=devices), model=planted_model(), source=EncodedScenes(size=40))
-    np.testing.assert_array_equal(four.best_label, one.best_label)
-    np.testing.assert_allclose(four.iou, one.iou, atol=1e-6)
-    np.testing.assert_array_equal(four.thresholds, one.thresholds)
-    np.testing.assert_array_equal(four.topk_indices, one.topk_indices)
+    assert_same(four, one)
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a.best_label, b.best_label)
+    np.testing.assert_allclose(a.iou, b.iou, atol=1e-6)
+    np.testing.assert_array_equal(a.thresholds, b.thresholds)
+    np.testing.assert_array_equal(a.topk_indices, b.topk_indices)
 
 
 class Crashing(EncodedScenes):
@@ -79,20 +88,26 @@ def test_killed_run_resumes_to_identical_results(planted_run, tmp_path):
     src = Crashing(fail_at=30, size=40)
     with pytest.raises(KeyboardInterrupt):
         dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
-    d = os.path.join(tmp_path, "planted-scenes-scenes-planted-500-t32")
-    from jaxdissect.dissect.steps import ActivationStats
-
-    saved = runstate.load_pass(d, "pass1", {"planted": ActivationStats.create(55, 10)})
-    assert saved is not None and saved[1]["batches_done"] == 2  # checkpointed before the kill
+    d = os.path.join(tmp_path, PLANTED_DIR)
+    meta = json.load(open(os.path.join(d, "checkpoints", "activations", "meta.json")))
+    assert meta["samples_done"] == 16  # checkpointed before the kill (2 batches of 8)
     assert not os.path.exists(os.path.join(d, runstate.LOCK_FILE))
     [resumed] = dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
-    np.testing.assert_array_equal(resumed.best_label, reference.best_label)
-    np.testing.assert_allclose(resumed.iou, reference.iou, atol=1e-6)
-    np.testing.assert_array_equal(resumed.topk_indices, reference.topk_indices)
+    assert_same(resumed, reference)
+
+
+def test_a_killed_run_resumes_with_another_batch_size_and_device_count(planted_run, tmp_path):
+    """The checkpoint counts samples done (a prefix), so the rest can be batched differently."""
+    _, reference = planted_run
+    src = Crashing(fail_at=30, size=40)
+    with pytest.raises(KeyboardInterrupt):
+        dissect(config(tmp_path, devices=2), model=planted_model(), source=src)
+    [resumed] = dissect(config(tmp_path, devices=3, batch_size=7), model=planted_model(), source=src)
+    assert_same(resumed, reference)
 
 
 def test_second_run_on_a_locked_folder_exits_with_message(tmp_path):
-    d = os.path.join(tmp_path, "planted-scenes-scenes-planted-500-t32")
+    d = os.path.join(tmp_path, PLANTED_DIR)
     with runstate.ExclusiveRun(d):
         with pytest.raises(runstate.RunLockedError, match="another run"):
             dissect(config(tmp_path), model=planted_model(), source=EncodedScenes(size=8))
@@ -110,7 +125,6 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
 
 def test_several_layers_in_one_run(tmp_path):
     import small_models
-    from jaxdissect.dissect import sources
 
     model = small_models.tiny_classifier(size=32)
     cfg = config(tmp_path, quantile=0.01, layers=("features.conv2", "features.conv3"), devices=2)
@@ -126,7 +140,6 @@ def test_several_layers_in_one_run(tmp_path):
 
 def test_scenes_source_memory_cache_serves_identical_batches(monkeypatch):
     from jaxdissect.data.scenes import Scenes
-    from jaxdissect.dissect import sources
 
     idx = np.array([3, 0, 7])
     direct = Scenes("val", 8, image_size=32).batch(idx)
@@ -149,8 +162,6 @@ def test_scenes_source_memory_cache_serves_identical_batches(monkeypatch):
 
 
 def test_more_values_than_the_sketch_counts_is_refused_up_front(tmp_path):
-    from jaxdissect.dissect import sources
-
     class Huge(sources.ZSource):
         def __len__(self):
             return 2**31 // (64 * 64) + 1  # one sample more than int32 counts hold at 64 x 64
@@ -158,3 +169,22 @@ def test_more_values_than_the_sketch_counts_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError, match="values per unit, more than the quantile sketch counts"):
         dissect(DissectConfig(model="toy_generator", outdir=str(tmp_path), progress=False),
                 source=Huge(4, 64))
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_activation_cache_holds_the_layer_at_its_own_resolution(planted_run):
+    """The cache's rows are the layer's activations of each sample, NHWC at layer resolution."""
+    import jaxdissect
+
+    _, r = planted_run
+    cache = ArrayCache.open(os.path.join(r.directory, "cache", "activations"), 40, (64, 64, 55), "float32",
+                            json.load(open(os.path.join(r.directory, "cache", "activations", "fingerprint.json")))
+                            ["fingerprint"])
+    assert cache.present().all()
+    src = EncodedScenes(size=40)
+    batch = src.load(np.array([5, 17]))
+    from jaxdissect.dissect.run import DissectRun
+
+    run = DissectRun.create(DissectConfig(outdir="unused"), planted_model(), src)
+    _, acts = jaxdissect.capture(run.model, run.model_input(batch.inputs), layers=("planted",))
+    np.testing.assert_array_equal(cache.read(np.array([5, 17])), np.asarray(acts["planted"]))

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from weight_conversion import DownloadError, cache, download
-from weight_conversion.download import sha256_prefix_from_name
+from weight_conversion import downloads
+from weight_conversion.downloads import sha256_prefix_from_name
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 123)  # several chunks
 
@@ -64,10 +65,11 @@ def test_success_with_both_hashes(server, tmp_path):
     assert _leftovers(dest.parent) == ["model-abc.pth"]
 
 
-def test_module_function_alias(server, tmp_path):
-    """weight_conversion.download is callable and also holds the function."""
+def test_package_function_is_the_module_function(server, tmp_path):
+    """weight_conversion.download is the function of weight_conversion.downloads."""
+    assert download is downloads.download
     dest = tmp_path / "f.pth"
-    download.download(f"{server}/model-abc.pth", dest, progress=False)
+    downloads.download(f"{server}/model-abc.pth", dest, progress=False)
     assert dest.read_bytes() == PAYLOAD
 
 

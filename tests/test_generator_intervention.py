@@ -4,6 +4,7 @@ A hand-made generator/segmenter pair with known causal structure (a door shows o
 building is) is checked against an exact numpy re-implementation; the embedded toy_generator is
 checked for the paper's two claims when its trained weights are installed (slow tests).
 """
+import dataclasses
 import json
 import os
 
@@ -305,13 +306,88 @@ def test_pass_resumes_with_the_same_result(fns, tmp_path):
         np.testing.assert_allclose(np.asarray(resumed[k].mean()), np.asarray(whole[k].mean()), atol=1e-6)
         np.testing.assert_array_equal(np.asarray(resumed[k].n), np.asarray(whole[k].n))
     assert not os.path.exists(tmp_path / "b" / "checkpoints" / "single")
-    # a finished pass is loaded, not recomputed; another fingerprint recomputes
+    # the same call again gives the same states (that they are read back, not recomputed, is
+    # test_finished_pass_is_read_back_not_recomputed's)
     again = gi.segclass_stats(fns, r, src, stack, "single")
     np.testing.assert_array_equal(np.asarray(again["delta"].m2), np.asarray(resumed["delta"].m2))
 
 
+class CountingSource:
+    """A z source that counts the samples it hands out; with `fail`, any read is an error (a pass
+    that should be read back from disk must not touch its samples)."""
+
+    kind = "z"
+    labels = None
+
+    def __init__(self, n, fail=False):
+        self.inner, self.fail, self.seen = sources.ZSource(n, ZD), fail, set()
+
+    def __len__(self):
+        return len(self.inner)
+
+    @property
+    def loaded(self):
+        """Distinct samples read (padding repeats a sample)."""
+        return len(self.seen)
+
+    def load(self, indices):
+        if self.fail:
+            raise AssertionError("a finished pass was recomputed instead of read back")
+        self.seen.update(int(i) for i in indices)
+        return self.inner.load(indices)
+
+
+def test_finished_pass_is_read_back_not_recomputed(fns, tmp_path):
+    stack = gi.ablation_stack(np.eye(4, dtype=np.float32))
+    first = CountingSource(24)
+    done = gi.segclass_stats(fns, runner(tmp_path, 2), first, stack, "single", {"units": [1]})
+    assert first.loaded == 24 and os.path.isdir(tmp_path / "stages" / "single")
+    again = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24, fail=True), stack, "single", {"units": [1]})
+    assert set(again) == set(done)
+    for k in done:
+        for field in ("n", "mean_", "m2"):
+            np.testing.assert_array_equal(np.asarray(getattr(again[k], field)), np.asarray(getattr(done[k], field)))
+
+
+def test_another_batch_size_reads_the_finished_pass_back(fns, tmp_path):
+    """What a pass computes does not depend on how its samples are batched (states merge), so
+    another batch size reuses the finished pass (and a checkpoint, from the samples done)."""
+    eye = np.eye(4, dtype=np.float32)
+    first = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24), gi.ablation_stack(eye), "p", {"units": [1]})
+    again = gi.segclass_stats(fns, runner(tmp_path, 2, 16), CountingSource(24, fail=True), gi.ablation_stack(eye), "p",
+                              {"units": [1]})
+    np.testing.assert_array_equal(np.asarray(again["delta"].mean()), np.asarray(first["delta"].mean()))
+
+
+@pytest.mark.parametrize("change", ["fingerprint", "edits", "samples", "weights"])
+def test_changed_setting_recomputes_the_pass(fns, tmp_path, change):
+    eye = np.eye(4, dtype=np.float32)
+    stale = gi.segclass_stats(fns, runner(tmp_path, 2), CountingSource(24), gi.ablation_stack(eye), "p", {"units": [1]})
+    masks, fp, n, batch = eye, {"units": [1]}, 24, 8
+    if change == "weights":  # the same generator name with other weights (e.g. retrained)
+        other = dataclasses.replace(hand_model(), variables={"params": {"retrained": np.ones(3, np.float32)}})
+        fns = gi.GeneratorFns(other, "layer2", HandSegmenter())
+    elif change == "fingerprint":
+        fp = {"units": [2]}  # e.g. other best units
+    elif change == "edits":
+        masks = eye[::-1].copy()  # as many edits, other units
+    elif change == "samples":
+        n = 16
+    src = CountingSource(n)
+    out = gi.segclass_stats(fns, runner(tmp_path, 2, batch), src, gi.ablation_stack(masks), "p", fp)
+    assert src.loaded == n  # every sample read again
+    if change in ("edits", "samples"):  # what the new setting gives, not the stale pass
+        m = numpy_maps(src.inner.z)
+        base = numpy_counts(m) / 64.0
+        delta = np.stack([numpy_counts(m * (1 - mask)) / 64.0 - base for mask in masks], 1)  # (N, K, L)
+        np.testing.assert_allclose(np.asarray(out["delta"].mean()), delta.reshape(n, -1).mean(0), atol=1e-5)
+        assert not np.allclose(np.asarray(out["delta"].mean()), np.asarray(stale["delta"].mean()))
+    # the recomputed pass is the one kept: the same call now reads it back
+    gi.segclass_stats(fns, runner(tmp_path, 2, batch), CountingSource(n, fail=True), gi.ablation_stack(masks), "p", fp)
+
+
 @pytest.mark.slow
-def test_run_interventions_end_to_end(tmp_path):
+def test_run_interventions_end_to_end(tmp_path, monkeypatch):
     cfg = gi.InterventionConfig(model="handgen", layer="layer2", seg="hand", remove_class="tree",
                                 insert_class="door", sample_size=16, insert_sample_size=8, dissect_sample_size=32,
                                 max_units=3, insert_units=1, batch_size=8, outdir=str(tmp_path), progress=False,
@@ -332,9 +408,16 @@ def test_run_interventions_end_to_end(tmp_path):
     page = open(os.path.join(os.path.dirname(d), "report.html")).read()
     assert "Generator interventions" in page and "generator_intervention/removal_tree.png" in page
     # a second run reuses every finished pass and renders the section once
+    computed = []
+    save = gi.StageStore.save
+    monkeypatch.setattr(gi.StageStore, "save", lambda self, name, *a: (computed.append(name), save(self, name, *a)))
     gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
+    assert computed == []
     page = open(os.path.join(os.path.dirname(d), "report.html")).read()
     assert page.count("<h2>Generator interventions</h2>") == 1
+    # fewer best units: only that pass is computed again
+    res2 = gi.run_interventions(dataclasses.replace(cfg, max_units=2), model=hand_model(), segmenter=HandSegmenter())
+    assert computed == ["ablate_best_tree"] and len(res2.removal.removed) == 3
 
 
 def test_report_outputs_and_section(tmp_path):

@@ -1,11 +1,17 @@
 """Key maps: every missing, unexpected and mis-shaped checkpoint key is named in a KeyMapError;
 layouts move to Flax's as hand-indexed; configs are read from checkpoints. No torch needed: the
-checkpoints here are built from the key maps' own shape lists (zero-memory broadcast arrays)."""
+checkpoints here are built from the key maps' own shape lists (zero-memory broadcast arrays).
+The maps are the ones the model modules register: each bound to its architecture's facts."""
 import numpy as np
 import pytest
 
+from jaxdissect.models import alexnet as alexnet_model
+from jaxdissect.models import resnet152 as resnet152_model
+from jaxdissect.models import vgg as vgg_model
 from weight_conversion.errors import KeyMapError
-from weight_conversion.keymaps import alexnet, common, proggan, resnet152, vgg
+from weight_conversion.keymaps import common, proggan
+
+alexnet, resnet152, vgg = alexnet_model.KEYMAP, resnet152_model.KEYMAP, vgg_model.KEYMAP
 
 CASES = {
     "vgg": (vgg, {"num_classes": 365}),

@@ -35,7 +35,7 @@ def _assert_matches(model, net):
 
 
 def test_load_from_folder(tmp_path, tiny):
-    from weight_conversion import convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
 
     pth, net = tiny_checkpoint(tmp_path / "t.pth")
     folder = convert_checkpoint("tiny_cli", pth, tmp_path / "w")
@@ -58,7 +58,7 @@ def test_load_pth_cached_by_hash(tmp_path, tiny, monkeypatch):
     folder = tmp_path / "home" / "weights" / f"tiny_cli-{sha[:16]}"
     assert (folder / "meta.json").is_file()
     # The second load reads the cache: no conversion.
-    import weight_conversion.convert as convert
+    import jaxdissect.models.conversion as convert
 
     monkeypatch.setattr(convert, "convert_checkpoint", lambda *a, **k: pytest.fail("converted again"))
     _assert_matches(models.load("tiny_cli", weights=str(pth)), net)
@@ -102,7 +102,7 @@ def test_load_default_download_failure(tmp_path, tiny, file_server):
 
 def test_packaged_weights(tmp_path, tiny):
     """spec.packaged_weights is a folder relative to the jaxdissect package."""
-    from weight_conversion import convert_checkpoint
+    from jaxdissect.models import convert_checkpoint
 
     pth, net = tiny_checkpoint(tmp_path / "t.pth")
     folder = convert_checkpoint("tiny_cli", pth, tmp_path / "packaged")
@@ -140,7 +140,7 @@ def test_errors(tmp_path, tiny):
 
 def test_extra_models_env(tmp_path, monkeypatch):
     """$JAXDISSECT_EXTRA_MODELS makes a user module's models known to get_spec/available."""
-    from jaxdissect.models import loading
+    from jaxdissect.models import catalog
 
     mod = tmp_path / "envmod"
     mod.mkdir()
@@ -155,7 +155,7 @@ def test_extra_models_env(tmp_path, monkeypatch):
         assert models.get_spec("env_model").input_size == (4, 4)
     finally:
         registry._REGISTRY.pop("env_model", None)
-        loading._imported_extras.discard("jd_env_models")
+        catalog._imported_extras.discard("jd_env_models")
     monkeypatch.setenv("JAXDISSECT_EXTRA_MODELS", "no_such_module_xyz")
     with pytest.raises(ImportError, match="no_such_module_xyz.*JAXDISSECT_EXTRA_MODELS"):
         models.available()

@@ -68,11 +68,24 @@ def test_two_processes_two_devices_each_equal_one_device(reference, tmp_path):
 def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_path):
     outs = launch(2, 2, tmp_path / "out", 33, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
     assert all(rc != 0 for rc, _ in outs), outs  # both processes died mid-run
-    ckpt = tmp_path / "out" / "planted-scenes-scenes-planted-500-t32" / "checkpoints" / "pass1"
+    ckpt = tmp_path / "out" / "planted-scenes-scenes-planted-500-t32" / "checkpoints" / "activations"
     assert ckpt.exists()
     [(rc, out)] = launch(1, 3, tmp_path / "out", -1, [tmp_path / "resumed.npz"])
     assert rc == 0, out
     assert_same(load(tmp_path / "resumed.npz"), reference)
+
+
+def test_multiprocess_run_killed_in_the_iou_pass_resumes(reference, tmp_path):
+    """The later passes read the caches each process wrote; a kill there resumes too."""
+    outs = launch(2, 2, tmp_path / "out", "iou:3", [tmp_path / "p0.npz", tmp_path / "p1.npz"])
+    assert all(rc != 0 for rc, _ in outs), outs
+    d = tmp_path / "out" / "planted-scenes-scenes-planted-500-t32"
+    assert (d / "checkpoints" / "iou").exists() and (d / "stats" / "activations").exists()
+    outs = launch(2, 2, tmp_path / "out", -1, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
+    for rc, out in outs:
+        assert rc == 0, out
+    for p in ("p0.npz", "p1.npz"):
+        assert_same(load(tmp_path / p), reference)
 
 
 def one_and_two_processes(tmp_path, experiment):

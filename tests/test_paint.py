@@ -1,62 +1,35 @@
 """The unit-painting API (jaxdissect.paint) and its local web page (scripts/paint.py), the page
-driven in a real headless Chromium (skipped only when no Chromium binary exists)."""
-import base64
-import importlib.util
-import io
+driven in a real headless Chromium (skipped only when no Chromium binary exists). The server's
+handling of malformed requests is in test_paint_server.py, its command line in test_paint_cli.py."""
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
+from html.parser import HTMLParser
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from jaxdissect.capture import capture
-from jaxdissect.data.scenes import SCENE_LABELS
-from jaxdissect.models import get_spec
-from jaxdissect.models.registry import LoadedModel
-from jaxdissect.paint import Painter, Stroke, compose, rect_mask, z_for_seed
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREE, SKY, DOOR = (SCENE_LABELS.index(n) for n in ("tree", "sky", "door"))
-HIGH = 3.0
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("paint_script", os.path.join(ROOT, "scripts", "paint.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from jaxdissect.data.zdataset import standard_z_sample
+from jaxdissect.paint import (SEED_LIMIT, Stroke, ZSequence, compose, label_colors, label_legend, primary_labels,
+                              rect_mask, segmentation_view, z_for_seed)
+from paint_helpers import (RuleSegmenter, RunningServer, decode_png, expected_view, png_url, small_generator,
+                           small_painter)
 
 
 @pytest.fixture(scope="module")
 def model():
-    """The toy generator architecture, small (layer6 is 16x16 with 16 units; images 32x32), random weights."""
-    spec = get_spec("toy_generator")
-    cfg = {"z_dim": 64, "channels": [32, 32, 16, 8]}
-    module = spec.build(cfg)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64)))  # random weights without
-    rng = np.random.default_rng(1)  # compiling the initializers (slow on a busy CPU)
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
-    return LoadedModel(spec.name, spec.kind, module, variables, cfg, None, spec.normalization, "layer6",
-                       tuple(f"layer{i}" for i in range(1, 9)), None)
+    return small_generator()
 
 
 @pytest.fixture(scope="module")
 def painter(model):
-    iou = np.zeros((len(SCENE_LABELS), 16))
-    iou[TREE, [2, 5, 7]] = [0.3, 0.2, 0.1]  # tree units, best first: 2, 5, 7
-    iou[SKY, [0, 1]] = [0.5, 0.4]
-    iou[DOOR, 9] = 0.01  # below min_iou: not offered as a concept
-    high = np.linspace(1.0, 2.5, 16)
-    return Painter(model, "layer6", iou, high, SCENE_LABELS.names, SCENE_LABELS.categories, units_per_concept=3)
+    return small_painter(model)
 
 
 def test_concepts_and_units(painter):
@@ -120,30 +93,103 @@ def test_compose_equals_applying_edits_in_order(painter):
     np.testing.assert_array_equal(np.asarray(compose(edits)(x))[:, untouched], np.asarray(x)[:, untouched])
 
 
+def test_explicit_units_stroke_and_its_checks(painter, model):
+    z = jnp.asarray(z_for_seed(1, 64))
+    mask = rect_mask((32, 32), 0, 0, 8, 8)  # cells y 0..4, x 0..4
+    e = painter.edit([Stroke(mask, None, True, units=(3, 11))])
+    _, a0 = capture(model, z, ("layer6",))
+    _, a1 = capture(model, z, ("layer6",), edits={"layer6": e})
+    before, after = np.asarray(a0["layer6"]), np.asarray(a1["layer6"])
+    touched = np.zeros(before.shape, bool)
+    touched[:, 0:4, 0:4, [3, 11]] = True
+    np.testing.assert_array_equal(after[~touched], before[~touched])
+    np.testing.assert_allclose(after[:, 0:4, 0:4][..., [3, 11]], np.broadcast_to(painter.high[[3, 11]], (1, 4, 4, 2)),
+                               rtol=1e-6)
+    for units, message in [((), "at least one unit"), ((16,), "unknown unit 16: layer layer6 has units 0..15"),
+                           ((-1,), "unknown unit -1"), ((2, 2), "unit 2 is given twice"), ((True,), "integers"),
+                           ((1.0,), "integers")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            painter.edit([Stroke(mask, None, True, units=units)])
+    with pytest.raises(ValueError, match="a concept or units"):
+        painter.edit([Stroke(mask, None, True)])
+
+
+def test_z_sequence_is_the_dissection_sequence_sample_by_sample():
+    ref = standard_z_sample(700, 7)  # numpy RandomState(1), the dissection's z
+    zs = ZSequence(7, limit=700, every=3)  # odd chunks: 21 normals, so the cached Gaussian must carry over
+    for seed in (0, 1, 2, 3, 4, 5, 699, 350, 351, 7, 0):
+        np.testing.assert_array_equal(zs(seed), ref[seed:seed + 1])
+    np.testing.assert_array_equal(z_for_seed(123, 7), ref[123:124])
+    for bad, message in [(-1, "0 <= seed < 700"), (700, "0 <= seed < 700"), (10 ** 12, "0 <= seed < 700"),
+                         (True, "must be an integer"), (3.0, "must be an integer"), ("3", "must be an integer")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            zs(bad)
+    assert SEED_LIMIT == 100_000
+    with pytest.raises(ValueError, match=re.escape(f"0 <= seed < {SEED_LIMIT}")):
+        z_for_seed(2_000_000, 7)
+
+
+def test_primary_labels_takes_the_first_channel_with_a_label():
+    seg = np.array([[[[0, 5, 0], [0, 0, 7]],      # channel 0
+                     [[2, 3, 0], [0, 4, 0]],      # channel 1
+                     [[9, 9, 0], [1, 1, 1]]]])    # channel 2
+    np.testing.assert_array_equal(primary_labels(seg), [[[2, 5, 0], [1, 4, 7]]])
+
+
+def test_label_colors_are_distinct_and_black_for_no_label():
+    c = label_colors(700)
+    assert c.shape == (700, 3) and c.dtype == np.uint8 and tuple(c[0]) == (0, 0, 0)
+    assert len({tuple(x) for x in c}) == 700
+
+
+def test_label_legend_counts_shares_and_orders_by_change():
+    names, cats = ("-", "sky", "grass", "red"), ("-", "object", "object", "color")
+    colors = label_colors(4)
+    before = np.array([[1, 1, 2, 2], [2, 2, 0, 0]])  # sky 2/8, grass 4/8, none 2/8
+    after = np.array([[1, 1, 1, 1], [2, 2, 0, 3]])  # sky 4/8, grass 2/8, none 1/8, red 1/8
+    legend = label_legend(before, after, names, cats, colors)
+    assert [r["label"] for r in legend] == ["sky", "grass", "no label", "red"]  # |change| .25, .25, .125, .125
+    by = {r["label"]: r for r in legend}
+    assert (by["sky"]["before"], by["sky"]["after"]) == (0.25, 0.5)
+    assert (by["red"]["before"], by["red"]["after"], by["red"]["category"]) == (0.0, 0.125, "color")
+    assert by["grass"]["color"] == "#%02x%02x%02x" % tuple(colors[2])
+    with pytest.raises(ValueError, match="0..3"):
+        label_legend(before, after + 1, names, cats, colors)
+
+
+def test_segmentation_view_of_the_rule_segmenter_is_computed_by_hand(painter):
+    imgs = np.stack([painter.render(z_for_seed(s, 64))[0] for s in (0, 1)])
+    view = segmentation_view(RuleSegmenter(), imgs)
+    np.testing.assert_array_equal(view, np.stack([expected_view(i) for i in imgs]))
+    assert len(np.unique(view)) == 4  # the rules give every label somewhere: the check is not vacuous
+    with pytest.raises(ValueError, match="uint8"):
+        segmentation_view(RuleSegmenter(), imgs.astype(np.float32))
+
+
+def test_segmentation_view_with_the_toy_segmenter_at_64_pixels():
+    """The embedded segmenter on 64-pixel images (a toy generator may make 64 or 128 px)."""
+    from jaxdissect.data.scenes import SCENE_LABELS, Scenes
+    from jaxdissect.segment.toy import ToySegmenter
+
+    imgs = Scenes("val", 2, image_size=64).batch([0, 1])["image"]
+    seg = ToySegmenter()
+    view = segmentation_view(seg, imgs)
+    raw = np.asarray(seg.segment(jnp.asarray(imgs.astype(np.float32) / np.float32(127.5) - 1), 1))
+    assert view.shape == (2, 64, 64) and raw.shape == (2, 4, 64, 64)
+    want = np.zeros((2, 64, 64), np.int32)
+    for c in range(3, -1, -1):  # the first channel with a label wins
+        want = np.where(raw[:, c] != 0, raw[:, c], want)
+    np.testing.assert_array_equal(view, want)
+    assert view.max() < len(SCENE_LABELS)
+
+
 # ---- the server -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(painter):
-    mod = load_script()
     painter.render(z_for_seed(0, 64))  # compile before the browser waits on it
-    srv = mod.make_server(painter, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield mod, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-def png_url(mask):
-    buf = io.BytesIO()
-    rgba = np.zeros(mask.shape + (4,), np.uint8)
-    rgba[mask > 0] = 255
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def decode_png(url):
-    assert url.startswith("data:image/png;base64,"), url[:40]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    srv = RunningServer(painter, RuleSegmenter())
+    yield srv.mod, srv.url
+    srv.close()
 
 
 def post(url, body):
@@ -162,9 +208,11 @@ def test_server_is_local_and_serves_info_and_page(server, painter):
     info = json.loads(urllib.request.urlopen(url + "/api/info", timeout=30).read())
     assert info["image_size"] == [32, 32] and info["layer_size"] == [16, 16] and info["layer"] == "layer6"
     assert [c["name"] for c in info["concepts"]] == ["sky", "tree"]
+    assert info["seed_limit"] == SEED_LIMIT and info["segmenter"] == "rule" and info["num_units"] == 16
     page = urllib.request.urlopen(url + "/", timeout=30).read().decode()
     assert "<canvas" in page and "/api/render" in page and "http" not in page.split("<script>")[1].split("fetch")[0]
     assert "cdn" not in page.lower() and "<script src" not in page
+    assert "128" not in page  # the image size comes from /api/info, never from the page
 
 
 def test_render_api_matches_the_python_api(server, painter):
@@ -175,10 +223,46 @@ def test_render_api_matches_the_python_api(server, painter):
     z = z_for_seed(3, 64)
     np.testing.assert_array_equal(decode_png(data["original"]), painter.render(z)[0])
     np.testing.assert_array_equal(decode_png(data["image"]), painter.render(z, [Stroke(mask, "sky", True)])[0])
+    status, data = post(url, {"seed": 3, "strokes": [{"mask": png_url(mask), "units": [0, 4], "on": False}]})
+    assert status == 200, data
+    np.testing.assert_array_equal(decode_png(data["image"]), painter.render(z, [Stroke(mask, None, False, (0, 4))])[0])
+
+
+def test_render_api_shows_the_segmentation_of_both_images(server, painter):
+    _, url = server
+    mask = rect_mask((32, 32), 4, 4, 28, 28)
+    status, data = post(url, {"seed": 1, "strokes": [{"mask": png_url(mask), "concept": "sky"}]})
+    assert status == 200, data
+    z = z_for_seed(1, 64)
+    views = [expected_view(painter.render(z)[0]), expected_view(painter.render(z, [Stroke(mask, "sky", True)])[0])]
+    colors = label_colors(4)
+    seg = data["segmentation"]
+    assert seg["segmenter"] == "rule"
+    np.testing.assert_array_equal(decode_png(seg["original"]), colors[views[0]])
+    np.testing.assert_array_equal(decode_png(seg["image"]), colors[views[1]])
+    names = ("no label", "sky", "grass", "red")
+    got = {r["label"]: (r["before"], r["after"], r["color"]) for r in seg["legend"]}
+    want = {names[i]: (float(np.mean(views[0] == i)), float(np.mean(views[1] == i)), "#%02x%02x%02x" % tuple(colors[i]))
+            for i in range(4) if (views[0] == i).any() or (views[1] == i).any()}
+    assert got == want
+    changes = [abs(r["after"] - r["before"]) for r in seg["legend"]]
+    assert changes == sorted(changes, reverse=True) and changes[0] > 0.05  # the edit changed the segmentation
+
+
+def test_without_a_segmenter_the_answer_says_so(painter):
+    srv = RunningServer(painter, None)
+    try:
+        info = json.loads(urllib.request.urlopen(srv.url + "/api/info", timeout=30).read())
+        assert info["segmenter"] is None and info["segmentation_channels"] is None
+        status, data = post(srv.url, {"seed": 0})
+        assert status == 200 and data["segmentation"] is None and data["strokes"] == 0
+        np.testing.assert_array_equal(decode_png(data["image"]), painter.render(z_for_seed(0, 64))[0])
+    finally:
+        srv.close()
 
 
 @pytest.mark.parametrize("body,message", [
-    ({"seed": -1}, "seed must be an integer"),
+    ({"seed": -1}, "seed must lie in 0 <= seed < 100000"),
     ({"seed": 0, "strokes": [{"mask": "x", "concept": "sky"}]}, "stroke 0: mask must be a PNG data URL"),
     ({"seed": 0, "strokes": [{"mask": png_url(np.ones((8, 8))), "concept": "sky"}]}, "mask is 8x8, the image is 32x32"),
     ({"seed": 0, "strokes": [{"mask": png_url(np.ones((32, 32))), "concept": "unicorn"}]}, "unknown concept 'unicorn'"),
@@ -198,24 +282,79 @@ def find_chromium():
     return None
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install -y chromium)")
-def test_page_paints_a_region_and_shows_the_regenerated_image(server, painter, tmp_path):
-    _, url = server
-    page = f"{url}/#seed=2&concept=tree&on=1&rect=4,6,20,18&apply=1"
+class PageDom(HTMLParser):
+    """Image sources by id, the legend's rows (label, swatch colour, cell texts) and the
+    segmentation panel's hidden flag, from a dumped DOM."""
+
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.rows, self.panel_hidden, self._cell = {}, [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img" and a.get("id"):
+            self.srcs[a["id"]] = a.get("src")
+        elif a.get("id") == "segpanel":
+            self.panel_hidden = "hidden" in a
+        elif tag == "tr" and "data-label" in a:
+            self.rows.append({"label": a["data-label"], "cells": {}, "swatch": None})
+        elif tag == "td" and self.rows:
+            self._cell = a.get("class")
+            self.rows[-1]["cells"][self._cell] = ""
+        elif tag == "span" and "swatch" in (a.get("class") or "") and self.rows:
+            self.rows[-1]["swatch"] = a.get("style", "")
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell and self.rows:
+            self.rows[-1]["cells"][self._cell] += data
+
+
+def dump_dom(url, tmp_path):
     cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
            "--no-proxy-server", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
-           "--dump-dom", page]
+           "--dump-dom", url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    dom = done.stdout
-    assert 'data-status="done"' in dom, (dom[-2000:], done.stderr[-2000:])
-    srcs = dict(re.findall(r'<img id="(original|result)"[^>]*?src="([^"]+)"', dom))
-    if len(srcs) < 2:  # attribute order may differ
-        srcs = {m[1]: m[0] for m in re.findall(r'<img[^>]*?src="([^"]+)"[^>]*?id="(original|result)"', dom)}
+    return done.stdout, done.stderr
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install -y chromium)")
+def test_page_paints_a_region_and_shows_the_regenerated_image_and_its_segmentation(server, painter, tmp_path):
+    _, url = server
+    dom, err = dump_dom(f"{url}/#seed=2&concept=tree&on=1&rect=4,6,20,18&apply=1", tmp_path)
+    assert 'data-status="done"' in dom, (dom[-2000:], err[-2000:])
+    page = PageDom()
+    page.feed(dom)
     z = z_for_seed(2, 64)
     # the page's rectangle x 4..20, y 6..18 in image pixels = rect_mask rows 6..18, columns 4..20
-    want = painter.render(z, [Stroke(rect_mask((32, 32), 6, 4, 18, 20), "tree", True)])[0]
-    np.testing.assert_array_equal(decode_png(srcs["result"]), want)
-    np.testing.assert_array_equal(decode_png(srcs["original"]), painter.render(z)[0])
+    stroke = Stroke(rect_mask((32, 32), 6, 4, 18, 20), "tree", True)
+    want = painter.render(z, [stroke])[0]
+    np.testing.assert_array_equal(decode_png(page.srcs["result"]), want)
+    np.testing.assert_array_equal(decode_png(page.srcs["original"]), painter.render(z)[0])
     assert not np.array_equal(want, painter.render(z)[0])
     assert '<span id="nstrokes">1</span>' in dom
+    # the segmentation panel: both segmentations and a legend row per label, as the API gives them
+    _, api = post(url, {"seed": 2, "strokes": [{"mask": png_url(stroke.mask), "concept": "tree", "on": True}]})
+    seg = api["segmentation"]
+    assert page.panel_hidden is False
+    assert page.srcs["seg-original"] == seg["original"] and page.srcs["seg-result"] == seg["image"]
+    assert [r["label"] for r in page.rows] == [r["label"] for r in seg["legend"]] and len(page.rows) >= 2
+    for row, want_row in zip(page.rows, seg["legend"]):
+        assert row["cells"]["label"] == want_row["label"] and row["cells"]["cat"] == want_row["category"]
+        assert row["cells"]["before"] == f"{100 * want_row['before']:.1f}%"
+        assert row["cells"]["after"] == f"{100 * want_row['after']:.1f}%"
+        r, g, b = (int(want_row["color"][i:i + 2], 16) for i in (1, 3, 5))
+        assert f"rgb({r}, {g}, {b})" in row["swatch"]  # the swatch shows the label's colour
+    assert "rule segmenter" in dom and "black is no label" in dom
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install -y chromium)")
+def test_page_names_an_unknown_concept_in_its_address(server, tmp_path):
+    _, url = server
+    dom, err = dump_dom(f"{url}/#seed=2&concept=unicorn&apply=1", tmp_path)
+    assert "data-status=\"error: unknown concept 'unicorn' in the address; concepts: sky, tree\"" in dom, \
+        (dom[-2000:], err[-2000:])

@@ -6,7 +6,8 @@ from PIL import Image
 from jaxdissect.data.image_folder import prepare_image
 from jaxdissect.data.tfds_images import parse_tfds_name
 from jaxdissect.dissect import sources
-from jaxdissect.dissect.pipeline import DissectConfig, dataset_short_name, result_dir
+from jaxdissect.dissect import DissectConfig
+from jaxdissect.dissect.run import dataset_short_name, result_dir
 
 
 def test_names():
@@ -22,7 +23,7 @@ def test_names():
 
     assert is_places365("places") and is_places365("tfds:places365_small") and not is_places365("tfds:mnist")
     cfg = DissectConfig(dataset="tfds:places365_small", quantile=0.005)
-    assert result_dir(cfg, "vgg16_places", "features.conv5_3", "netpqc").endswith("vgg16-places365_small-netpqc-conv5_3")
+    assert result_dir(cfg, cfg.dataset, "vgg16_places", "features.conv5_3", "netpqc").endswith("vgg16-places365_small-netpqc-conv5_3")
 
 
 def test_records_are_prepared_like_image_files_and_bad_ones_are_reported():
@@ -68,6 +69,7 @@ def test_places365_small_through_tfds(tmp_path):
     assert ((0 <= b.labels) & (b.labels < 365)).all()
 
 
+@pytest.mark.slow
 def test_dissection_reads_a_tfds_dataset(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     from jaxdissect.dissect import dissect

@@ -1,6 +1,6 @@
-"""The shipped toy networks: they load through the registry, reproduce their recorded metrics,
-and show the paper's causal findings in miniature (fixed seeds)."""
-import json
+"""The shipped toy networks: they load through the registry, are measured here (accuracy on val
+scenes against their exact labels, with floors far above chance and trivial baselines; nothing
+is read back from TRAINING.json), and show the paper's causal findings in miniature (fixed seeds)."""
 import pathlib
 
 import flax.linen as nn
@@ -19,10 +19,6 @@ from jaxdissect.segment.toy import ToySegmenter
 WEIGHTS = pathlib.Path(jaxdissect.__file__).parent / "weights"
 MEAN = np.asarray(registry.IMAGENET_NORMALIZATION["mean"], np.float32)
 STD = np.asarray(registry.IMAGENET_NORMALIZATION["std"], np.float32)
-
-
-def recorded(which):
-    return json.loads((WEIGHTS / "TRAINING.json").read_text())[which]["metrics"]
 
 
 def zero_units(layer, mask):
@@ -65,8 +61,13 @@ def test_registered_and_loadable():
     # The shipped folders are weights_io folders recording the training seed.
     _, config, meta = load_weights(WEIGHTS / "toy_classifier")
     assert meta["model"] == "toy_classifier" and meta["seed"] == 0 and config["num_classes"] == 8
-    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
-    assert size < 8e6
+    # The package's size budget: each shipped network under 3 MB, all of them under 10 MB (five
+    # toys today: classifier, segmenter, generator, ViT, CLIP), so the package stays a quick install.
+    folders = [d for d in WEIGHTS.iterdir() if d.is_dir()]
+    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in folders}
+    assert {"toy_classifier", "toy_segmenter", "toy_generator"} <= set(sizes)
+    assert all(s < 3e6 for s in sizes.values()), sizes
+    assert sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file()) < 10e6
 
 
 def test_layer_shapes_and_values():
@@ -83,34 +84,44 @@ def test_layer_shapes_and_values():
         gen.module.apply(gen.variables, jnp.zeros((2, 63)))
 
 
-def test_classifier_reproduces_recorded_val_accuracy(val500):
+def test_classifier_accuracy_on_val_scenes(val500):
+    """Measured here on 500 val scenes (chance 1/8): at least 0.9 overall and 0.8 in every class."""
     clf = load("toy_classifier")
     f = jax.jit(lambda v, x: clf.module.apply(v, (x / 255.0 - MEAN) / STD).argmax(-1))
     pred = np.concatenate([np.asarray(f(clf.variables, jnp.asarray(val500["image"][i:i + 100], jnp.float32)))
                            for i in range(0, 500, 100)])
-    acc = float((pred == val500["scene"]).mean())
-    rec = recorded("classifier-head")  # the shipped head is the re-fitted one
-    assert rec["val_size"] == 500
-    assert abs(acc - rec["val_accuracy"]) <= 2 / 500  # at most two images flip by float summation order
-    assert acc > 0.6  # far above chance (1/8)
+    truth = val500["scene"]
+    assert float((pred == truth).mean()) >= 0.9
+    for c, name in enumerate(SCENE_CLASSES):
+        assert (truth == c).sum() >= 40, name  # the val split covers every class
+        assert float((pred[truth == c] == c).mean()) >= 0.8, name
 
 
-def test_segmenter_reproduces_recorded_pixel_accuracy(val500):
+def test_segmenter_accuracy_on_val_scenes(val500):
+    """Measured here on 100 val scenes against their exact segmentation: labelled-pixel accuracy
+    and mean IoU per category above floors, and far above predicting each category's most
+    frequent label everywhere."""
     seg = ToySegmenter()
     assert isinstance(seg, Segmenter) and seg.labels is SCENE_LABELS
     x = jnp.asarray(val500["image"][:100], jnp.float32) / 127.5 - 1
     pred = np.asarray(seg.segment(x))
     truth = val500["segmentation"][:100]
     assert pred.shape == truth.shape and pred.dtype == np.int32
+    floors = {"object": (0.9, 0.6), "part": (0.5, 0.2), "material": (0.85, 0.45), "color": (0.9, 0.6)}
     for c, cat in enumerate(SCENE_LABELS.category_names):
-        ids = np.unique(pred[:, c])
-        assert all(SCENE_LABELS.categories[i] == cat for i in ids if i), cat
-    rec = recorded("segmenter")["per_category"]
-    small = recorded("segmenter")["first100_pixel_accuracy"]
-    for c, cat in enumerate(SCENE_LABELS.category_names):
-        acc = float((pred[:, c] == truth[:, c]).mean())
-        assert abs(acc - small[cat]) < 1e-3, cat
-    assert rec["object"]["pixel_accuracy"] > 0.8
+        p, t = pred[:, c], truth[:, c]
+        assert all(SCENE_LABELS.categories[i] == cat for i in np.unique(p) if i), cat
+        labelled = t > 0
+        accuracy = float((p[labelled] == t[labelled]).mean())
+        present = [k for k in np.unique(t) if k]
+        mean_iou = float(np.mean([((p == k) & (t == k)).sum() / ((p == k) | (t == k)).sum() for k in present]))
+        assert accuracy >= floors[cat][0] and mean_iou >= floors[cat][1], (cat, accuracy, mean_iou)
+        values, counts = np.unique(t, return_counts=True)
+        majority = values[counts.argmax()]
+        assert float((p == t).mean()) > float((t == majority).mean()), cat
+        if majority == 0:  # mostly unlabelled (parts): the trivial map finds none of the labelled pixels
+            continue
+        assert float((p == t).mean()) >= float((t == majority).mean()) + 0.4, cat
     half = np.asarray(seg.segment(x[:4], downsample=2))
     assert half.shape == (4, 4, 64, 64)
     with pytest.raises(ValueError, match="NHWC"):
@@ -158,18 +169,18 @@ def test_zeroing_most_important_classifier_units_hurts_far_more_than_random(val5
 
 
 def test_zeroing_generator_units_matching_an_object_removes_half_its_pixels():
-    """Dissect layer6 of toy_generator against the toy segmenter's object channel on 200 samples
-    (numpy quantiles and IoU), zero the k units best matching the class, and count the class's
-    pixels again."""
-    rec = recorded("generator")
+    """Dissect the default layer of toy_generator against the toy segmenter's object channel on
+    100 samples (numpy quantiles and IoU), zero the 8 units best matching trees (the class the
+    generator experiments remove), and count tree pixels again: at least half are gone, and far
+    more than when 8 random units are zeroed. Settings are this test's own, not the training's."""
     gen, seg = load("toy_generator"), ToySegmenter()
-    layer, k, name = rec["layer"], rec["k"], rec["causal_class"]
+    layer, k, name, samples, seed = gen.default_layer, 8, "tree", 100, 1
     c = SCENE_LABELS.index(name)
-    z = np.random.default_rng(rec["sample_seed"]).standard_normal((rec["samples"], 64)).astype(np.float32)
+    z = np.random.default_rng(seed).standard_normal((samples, gen.z_dim)).astype(np.float32)
     run_v = jax.jit(lambda v, m, z: capture(gen.module, v, z, layer, m))
     run = lambda m, z: run_v(gen.variables, m, z)  # noqa: E731
-    units = 64
-    outs = [run(jnp.zeros(units), z[i:i + 50]) for i in range(0, len(z), 50)]
+    outs = [run(0.0, z[i:i + 50]) for i in range(0, len(z), 50)]
+    units = outs[0][1].shape[-1]
     objmask = np.concatenate([np.asarray(seg.segment(im, 2))[:, 0] == c for im, _ in outs])
     acts = np.concatenate([np.asarray(jax.image.resize(a, (a.shape[0], 64, 64, units), "bilinear"))
                            for _, a in outs])
@@ -177,10 +188,18 @@ def test_zeroing_generator_units_matching_an_object_removes_half_its_pixels():
     on = acts > thr
     inter = (on & objmask[..., None]).sum((0, 1, 2))
     iou = inter / (on.sum((0, 1, 2)) + objmask.sum() - inter)
-    top = np.argsort(-iou)[:k]
-    mask = jnp.zeros(units).at[top].set(1.0)
-    after = sum(int((np.asarray(seg.segment(run(mask, z[i:i + 50])[0], 2))[:, 0] == c).sum())
-                for i in range(0, len(z), 50))
+
+    def pixels_with_zeroed(chosen):
+        mask = jnp.zeros(units).at[chosen].set(1.0)
+        return sum(int((np.asarray(seg.segment(run(mask, z[i:i + 50])[0], 2))[:, 0] == c).sum())
+                   for i in range(0, len(z), 50))
+
     before = int(objmask.sum())
-    assert before > 1000
-    assert after <= 0.5 * before, (name, before, after, top)
+    assert before > 500  # the generator draws trees
+    best = pixels_with_zeroed(np.argsort(-iou)[:k])
+    rng = np.random.default_rng(0)
+    rand = pixels_with_zeroed(rng.choice(units, k, replace=False))
+    removed_best, removed_random = 1 - best / before, 1 - rand / before
+    print(f"{name}: {before} pixels; best {k} units zeroed: {removed_best:.2f} removed, random: {removed_random:.2f}")
+    assert removed_best >= 0.5, (before, best)
+    assert removed_best >= removed_random + 0.3, (removed_best, removed_random)

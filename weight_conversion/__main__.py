@@ -1,6 +1,9 @@
 """Command line: convert a published PyTorch checkpoint into a jaxdissect weights folder.
 
     python -m weight_conversion --model vgg16_places [--pth FILE] [--out DIR]
+
+The one module of weight_conversion that imports jaxdissect: a thin shell over
+jaxdissect.models.catalog and jaxdissect.models.conversion.
 """
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ import sys
 import textwrap
 from typing import Sequence
 
+from jaxdissect.models.catalog import available, get_spec, register_extra_models
+from jaxdissect.models.conversion import convert_checkpoint
 from weight_conversion.errors import DownloadError, KeyMapError, PthReadError
 
 
 def _model_list() -> str:
-    from jaxdissect.models.loading import available, get_spec
-
     lines = []
     for name in available():
         spec = get_spec(name)
@@ -27,8 +30,6 @@ def _model_list() -> str:
 
 def _takes_folder(model: str) -> bool:
     """Whether the model converts from a folder of original files (the segmenters)."""
-    from jaxdissect.models.loading import get_spec
-
     try:
         return get_spec(model).original_files is not None
     except KeyError:
@@ -61,8 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--register", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
-    from jaxdissect.models.loading import register_extra_models
-
     try:
         register_extra_models()
         register_extra_models(known.register)
@@ -76,8 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (see the list of models below --help)")
-    from weight_conversion.convert import convert_checkpoint
-
     if args.pth is not None and not (os.path.isfile(args.pth) or _takes_folder(args.model) and os.path.isdir(args.pth)):
         print(f"error: --pth {args.pth!r}: no such file", file=sys.stderr)
         return 2

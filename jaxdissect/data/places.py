@@ -25,7 +25,7 @@ def ensure_places_val(split: str = "val", url: str | None = None) -> str:
     """The folder of Places365 `split` images, downloading and unpacking it on first use."""
     from jaxdissect.atomic import atomic_directory
     from weight_conversion.cache import download_path
-    from weight_conversion.download import download
+    from weight_conversion.downloads import download
 
     target = places_dir(split)
     if os.path.isdir(target):

@@ -9,6 +9,9 @@ import numpy as np
 
 # A texture turns (canvas, box, base rgb) into an (h, w, 3) float image for that box.
 Texture = Callable[["Canvas", tuple[int, int, int, int], np.ndarray], np.ndarray]
+# A restyle turns what a painter asked for (texture, base rgb, labels) into what is painted.
+Restyle = Callable[[Texture, np.ndarray, tuple[int, int, int, int]],
+                   tuple[Texture, np.ndarray, tuple[int, int, int, int]]]
 
 
 def value_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
@@ -25,11 +28,15 @@ def value_noise(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
 
 class Canvas:
     """One image being drawn: float RGB in [0, 255], int32 labels (4, S, S), and noise fields
-    that textures sample (drawn once per image, so texture cost is a slice)."""
+    that textures sample (drawn once per image, so texture cost is a slice).
 
-    def __init__(self, size: int, rng: np.random.Generator):
+    `restyle`, when given, rewrites every paint's texture, colour and labels (never its shape):
+    the stylized scenes world draws the same geometry with other surfaces through it."""
+
+    def __init__(self, size: int, rng: np.random.Generator, restyle: Restyle | None = None):
         self.size = size
         self.rng = rng
+        self.restyle = restyle
         self.rgb = np.zeros((size, size, 3), np.float32)
         self.seg = np.zeros((4, size, size), np.int32)
         coords = np.arange(size, dtype=np.float32) + 0.5
@@ -39,6 +46,10 @@ class Canvas:
         self.fine = rng.random((size, size), dtype=np.float32)
         self.smooth = value_noise(rng, size, 6 * s)
         self.coarse = value_noise(rng, size, 20 * s)
+
+    def begin(self, what: str) -> None:
+        """Called before each region or object of a scene is drawn: a no-op here, a hook for
+        subclasses that record what is drawn (see scenes.draw_scene)."""
 
     def box(self, y0: float, y1: float, x0: float, x1: float) -> tuple[int, int, int, int] | None:
         """Integer box covering [y0, y1) x [x0, x1) clipped to the image; None when empty."""
@@ -60,6 +71,8 @@ class Canvas:
         y0, y1, x0, x1 = box
         if mask is not None and not mask.any():
             return
+        if self.restyle is not None:
+            texture, rgb, labels = self.restyle(texture, np.asarray(rgb, np.float32), labels)
         colour = texture(self, box, np.asarray(rgb, np.float32))
         target = self.rgb[y0:y1, x0:x1]
         segs = self.seg[:, y0:y1, x0:x1]

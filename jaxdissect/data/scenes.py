@@ -5,6 +5,9 @@ Image i of (seed, split) is drawn from its own PCG64 stream seeded by (seed, spl
 image is generated alone and identically everywhere. A scene class is a function of the
 scene's composition (`scene_class_of`): e.g. a road with a house is a street, grass with a
 person but no house is a park, so a classifier must recognise objects to classify.
+
+The stylized world (`stylized=True`) draws each scene with the same geometry and other surfaces
+(see `scene_styles`): the shape-versus-texture twin of every scene, with its own exact labels.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ import numpy as np
 from jaxdissect.data.scene_objects import (COLORS, DRAW, MATERIALS, OBJECTS, PARTS, SCENE_LABELS, draw_ground,
                                            draw_mountains, draw_sky)
 from jaxdissect.data.scene_shapes import Canvas
+from jaxdissect.data.scene_styles import STYLES, SceneStyle
 
 SCENE_CLASSES = ("street", "highway", "park", "village", "forest", "harbour", "beach", "lake")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 CHANNELS = ("object", "part", "material", "color")
-__all__ = ["Scenes", "render_scene", "scene_class_of", "objects_present", "SCENE_CLASSES", "SCENE_LABELS",
+__all__ = ["Scenes", "render_scene", "draw_scene", "scene_class_of", "objects_present", "SCENE_CLASSES", "SCENE_LABELS",
            "SPLITS", "CHANNELS", "OBJECTS", "PARTS", "MATERIALS", "COLORS"]
 
 
@@ -99,22 +103,60 @@ def _compose(rng: np.random.Generator, cls: str, size: int, hz: float):
     return bands, mountains, items
 
 
-def render_scene(seed: int, split: str, index: int, image_size: int = 128):
-    """Image `index` of (seed, split): (uint8 image HxWx3, int32 segmentation (4,H,W), scene class)."""
+def style_rng(seed: int, split: str, index: int, style_seed: int = 0) -> np.random.Generator:
+    """The random stream of a scene's stylization, apart from the stream that lays the scene out."""
+    ss = np.random.SeedSequence([int(seed), SPLITS[split], int(index), int(style_seed)], spawn_key=(1,))
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+def _style_name(stylized: bool | str) -> str | None:
+    """None for the original world, else the style name ('all', 'materials', 'colors')."""
+    if stylized is True:
+        return "all"
+    if stylized is False or stylized is None:
+        return None
+    if stylized not in STYLES:
+        raise ValueError(f"unknown stylization {stylized!r}; expected True, False or one of {', '.join(STYLES)}")
+    return stylized
+
+
+def draw_scene(seed: int, split: str, index: int, image_size: int = 128, stylized: bool | str = False,
+               style_seed: int = 0, canvas_type: type[Canvas] = Canvas) -> Canvas:
+    """The drawn canvas of image `index` of (seed, split). `stylized`: the same scene with other
+    surfaces (see `render_scene`). `canvas_type` may be a Canvas subclass that observes the
+    drawing: `begin(what)` is called before the sky, the mountains, each ground band and each
+    object (jaxdissect.data.captions records each scene's composition this way)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     ss = np.random.SeedSequence([int(seed), SPLITS[split], int(index)])
     rng = np.random.Generator(np.random.PCG64(ss))
-    canvas = Canvas(image_size, rng)
+    style = _style_name(stylized)
+    restyle = SceneStyle(style_rng(seed, split, index, style_seed), style) if style else None
+    canvas = canvas_type(image_size, rng, restyle)
     cls = SCENE_CLASSES[int(rng.integers(len(SCENE_CLASSES)))]
     hz = rng.uniform(0.3, 0.5) * image_size
     bands, mountains, items = _compose(rng, cls, image_size, hz)
+    canvas.begin("sky")
     draw_sky(canvas, hz, rng)
+    canvas.begin("mountains")
     draw_mountains(canvas, hz, rng, mountains)
     for kind, y0, y1 in bands:
+        canvas.begin(kind)
         draw_ground(canvas, kind, y0, y1, rng)
     for kind, by, cx, p in items:
+        canvas.begin(kind)
         DRAW[kind](canvas, by, cx, p, rng)
+    return canvas
+
+
+def render_scene(seed: int, split: str, index: int, image_size: int = 128, stylized: bool | str = False,
+                 style_seed: int = 0):
+    """Image `index` of (seed, split): (uint8 image HxWx3, int32 segmentation (4,H,W), scene class).
+
+    `stylized`: the same scene with other surfaces (object and part channels unchanged): True or
+    'all' (materials and colours), 'materials' or 'colors' only; each `style_seed` gives another
+    stylization."""
+    canvas = draw_scene(seed, split, index, image_size, stylized, style_seed)
     image = np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8)
     return image, canvas.seg, scene_class_of(objects_present(canvas.seg))
 
@@ -124,12 +166,15 @@ class Scenes:
 
     `scenes[i]` -> dict(image uint8 (H,W,3), segmentation int32 (4,H,W), scene int);
     `scenes.batch(indices)` stacks several. Generation is on the fly and deterministic.
+    `stylized=True` (or 'materials', 'colors'): every scene's stylized twin (same geometry, other
+    surfaces; `scene_styles`).
     """
 
     labels = SCENE_LABELS
     classes = SCENE_CLASSES
 
-    def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 128):
+    def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 128,
+                 stylized: bool | str = False, style_seed: int = 0):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
         if size < 0:
@@ -137,6 +182,7 @@ class Scenes:
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         self.split, self.size, self.seed, self.image_size = split, int(size), int(seed), int(image_size)
+        self.stylized, self.style_seed = _style_name(stylized) or False, int(style_seed)
 
     def __len__(self) -> int:
         return self.size
@@ -148,7 +194,8 @@ class Scenes:
         return i
 
     def __getitem__(self, i: int) -> dict:
-        image, seg, cls = render_scene(self.seed, self.split, self._check(i), self.image_size)
+        image, seg, cls = render_scene(self.seed, self.split, self._check(i), self.image_size, self.stylized,
+                                       self.style_seed)
         return {"image": image, "segmentation": seg, "scene": cls}
 
     def batch(self, indices: Sequence[int]) -> dict:
@@ -163,4 +210,5 @@ class Scenes:
         }
 
     def __repr__(self) -> str:
-        return f"Scenes(split={self.split!r}, size={self.size}, seed={self.seed}, image_size={self.image_size})"
+        style = f", stylized={self.stylized!r}, style_seed={self.style_seed}" if self.stylized else ""
+        return f"Scenes(split={self.split!r}, size={self.size}, seed={self.seed}, image_size={self.image_size}{style})"

@@ -1,88 +1,20 @@
 """Run safety for long tallies: one writer per results folder, resumable pass checkpoints.
 
-- `ExclusiveRun(dir)`: a lock file (`lockfile.pid`, created with O_EXCL, holding pid@host) that
-  a second run on the same folder finds and refuses; a lock left by a dead process is taken over.
+- `ExclusiveRun(dir)` (from `jaxdissect.run_lock`): the folder's lock file, which a second run
+  finds and refuses; a lock left by a dead process is taken over.
 - `save_pass` / `load_pass`: a pass's statistics states and its progress, written together in
   one atomic folder, so a killed run resumes from the last checkpoint with nothing counted twice.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import socket
 from typing import Any, Mapping
 
-from jaxdissect import stats
-from jaxdissect.atomic import atomic_directory, atomic_write_text, existing_version
+from jaxdissect import checkpoints
+from jaxdissect.atomic import atomic_write_text
+from jaxdissect.run_lock import LOCK_FILE, ExclusiveRun, RunLockedError  # noqa: F401 (re-exported)
 
-LOCK_FILE = "lockfile.pid"
-_STAT_TYPES = (stats.QuantileSketch, stats.TopK, stats.Moments, stats.CrossCovariance, stats.Bincount, stats.IoUTally)
 DONE_FILE = "done.txt"
-
-
-class RunLockedError(RuntimeError):
-    """Another live process is writing this results folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ExclusiveRun:
-    """Context manager holding the folder's lock file for the duration of a run."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = os.fspath(directory)
-        self.path = os.path.join(self.directory, LOCK_FILE)
-
-    def __enter__(self) -> "ExclusiveRun":
-        os.makedirs(self.directory, exist_ok=True)
-        me = f"{os.getpid()}@{socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and not self._stale(owner):
-                    raise RunLockedError(
-                        f"{self.directory} is being written by another run (process {owner}); wait for it to "
-                        f"finish, or remove {self.path} if that process is gone") from None
-                try:
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me + "\n")
-            return self
-        raise RunLockedError(f"could not take the lock {self.path}")
-
-    def _owner(self) -> str | None:
-        try:
-            with open(self.path) as f:
-                return f.read().strip() or None
-        except FileNotFoundError:
-            return None
-
-    @staticmethod
-    def _stale(owner: str) -> bool:
-        pid, _, host = owner.partition("@")
-        if host != socket.gethostname() or not pid.isdigit():
-            return False  # cannot check a process on another host: assume it is alive
-        return not _alive(int(pid))
-
-    def __exit__(self, *exc) -> None:
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def is_done(directory: str | os.PathLike) -> bool:
@@ -93,60 +25,23 @@ def mark_done(directory: str | os.PathLike, summary: str) -> None:
     atomic_write_text(os.path.join(os.fspath(directory), DONE_FILE), summary + "\n")
 
 
-def _pass_dir(directory, name) -> str:
+def pass_dir(directory, name) -> str:
+    """Where the checkpoint of pass `name` lives in a results folder."""
     return os.path.join(os.fspath(directory), "checkpoints", name)
-
-
-def _flatten(states: Mapping[str, Any]) -> dict[str, Any]:
-    """{key: state} -> {key or key~field: stats state}, opening composite dataclasses of states."""
-    flat = {}
-    for key, state in states.items():
-        if isinstance(state, _STAT_TYPES):
-            flat[key] = state
-        else:
-            for f in dataclasses.fields(state):
-                flat[f"{key}~{f.name}"] = getattr(state, f.name)
-    return flat
 
 
 def save_pass(directory: str | os.PathLike, name: str, states: Mapping[str, Any], progress: Mapping) -> None:
     """Save the states ({key: stats state or a dataclass of them}) and progress of pass `name`,
     atomically together."""
-    with atomic_directory(_pass_dir(directory, name)) as tmp:
-        for key, state in _flatten(states).items():
-            stats.save(os.path.join(tmp, key), state)
-        with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump(dict(progress), f, indent=1)
+    checkpoints.save_states(pass_dir(directory, name), states, progress)
 
 
 def load_pass(directory: str | os.PathLike, name: str, template: Mapping[str, Any]) -> tuple[dict, dict] | None:
     """(states shaped like `template`, progress) of the last checkpoint of pass `name`, or None
     if there is none or it holds other keys than the template."""
-    try:
-        path = existing_version(_pass_dir(directory, name))
-    except FileNotFoundError:
-        return None
-    with open(os.path.join(path, "progress.json")) as f:
-        progress = json.load(f)
-    keys = sorted(k for k in os.listdir(path) if k != "progress.json")
-    if keys != sorted(_flatten(template)):
-        return None
-    flat = {key: stats.load(os.path.join(path, key)) for key in keys}
-    states = {}
-    for key, state in template.items():
-        if isinstance(state, _STAT_TYPES):
-            states[key] = flat[key]
-        else:
-            states[key] = state.replace(**{f.name: flat[f"{key}~{f.name}"] for f in dataclasses.fields(state)})
-    return states, progress
+    return checkpoints.load_states(pass_dir(directory, name), template)
 
 
 def clear_pass(directory: str | os.PathLike, name: str) -> None:
     """Remove a pass's checkpoint (and the checkpoints folder once it is empty)."""
-    import shutil
-
-    shutil.rmtree(_pass_dir(directory, name), ignore_errors=True)
-    try:
-        os.rmdir(os.path.dirname(_pass_dir(directory, name)))
-    except OSError:
-        pass
+    checkpoints.remove(pass_dir(directory, name))

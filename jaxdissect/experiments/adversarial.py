@@ -27,8 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.experiments import attacks
+from jaxdissect.config_error import ConfigError
+from jaxdissect.capture import capture
+from jaxdissect.experiments import adversarial_report, attacks
 from jaxdissect.experiments import classifier_ablation as ca
+from jaxdissect.passes import StageStore
 
 IMPORTANT_UNITS = 4  # the paper's "4 most important units" of a class
 CI99 = 2.58  # the original's 99% factor on the standard error
@@ -174,7 +177,7 @@ class AdversarialResult:
 def experiment_dir(config: AdversarialConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-adversarial-<layer>-<attack>."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    from jaxdissect.dissect.pipeline import dataset_short_name
+    from jaxdissect.dissect.run import dataset_short_name
 
     dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
@@ -230,7 +233,7 @@ def unit_ranking(model, layer: str, train_source, num_classes: int, config: Adve
                                  weights=config.weights, batch_size=config.batch_size, mask_chunk=config.mask_chunk,
                                  checkpoint_every=config.checkpoint_every, progress=config.progress)
     directory = ca.experiment_dir(icfg, model.name, layer)
-    stages = ca._Stages(directory)
+    stages = StageStore(directory)
     units = int(jax.eval_shape(ca.layer_forward(model, layer), model.variables,
                                jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)).shape[-1])
     single = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
@@ -257,7 +260,7 @@ def select_images(model, source, targets: Sequence[int], per_target: int, seed: 
     whose true and predicted class are both not the target: ({target: indices}, {target: true labels}).
     Predictions are made batch by batch until every target has enough (cached in `cache`)."""
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     order = np.random.default_rng(seed).permutation(len(source)).astype(np.int64)
     key = {"order": _hash(order), "n": len(source)}
@@ -338,7 +341,7 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
     read back instead of recomputed. Each process loads and attacks only its devices' rows.
     `fingerprint` is `ca.stage_fingerprint(model, layer)` when the caller has it already."""
     from jaxdissect import parallel
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     size = parallel.padded_batch_size(config.batch_size, mesh)
     step = shard_step(attack_step(model, layer, config.attack), mesh)
@@ -380,6 +383,37 @@ def attack_batches(model, layer: str, source, target: int, target_name: str, ind
                         sources=cat("source", np.int64), success=cat("success", bool),
                         predicted=cat("predicted", np.int64), l2=cat("l2", np.float64), linf=cat("linf", np.float64),
                         peak_orig=cat("peak_orig", np.float32), peak_adv=cat("peak_adv", np.float32))
+
+
+def layer_maps(model, layer: str, images01: np.ndarray) -> np.ndarray:
+    """The layer's activations (N, h, w, units) on images in [0, 1]."""
+    _, acts = capture(model, attacks.model_input(model)(jnp.asarray(images01, jnp.float32)), layer)
+    return np.asarray(acts[layer])
+
+
+def collect_examples(result, model, per_target: int) -> list[adversarial_report.Example]:
+    """Up to `per_target` successful attacks per target with the layer's maps on both images,
+    for the report's pictures (read from the saved batches; the layer runs on them here)."""
+    out = []
+    for name, rec in result.records.items():
+        shown, b = 0, 0
+        while shown < per_target and os.path.exists(batch_path(result.directory, name, b)):
+            batch = load_batch(batch_path(result.directory, name, b))
+            b += 1
+            ok = np.flatnonzero(batch["success"])[: per_target - shown]
+            if ok.size == 0:
+                continue
+            orig = batch["original"][ok].astype(np.float32) / 255.0
+            adv = batch["adversarial"][ok]
+            maps_o, maps_a = layer_maps(model, result.layer, orig), layer_maps(model, result.layer, adv)
+            if maps_o.ndim != 4:
+                return out  # a layer without space (fc): nothing to outline
+            for j, i in enumerate(ok):
+                out.append(adversarial_report.Example(name, int(batch["indices"][i]), orig[j], adv[j], maps_o[j],
+                                                      maps_a[j], int(batch["source"][i]), int(batch["predicted"][i]),
+                                                      rec.target))
+                shown += 1
+    return out
 
 
 def summarize(records: dict, ranking: np.ndarray, k: int = IMPORTANT_UNITS) -> dict:
@@ -427,8 +461,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
 
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
-    from jaxdissect.dissect.pipeline import resolve_layers
-    from jaxdissect.experiments import adversarial_report
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.models import load
 
     if model is None:
@@ -441,11 +474,19 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     num_classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
     class_names = ca._class_names(model, num_classes)
     target_names = config.targets or default_targets(config.dataset, class_names)
-    targets = ca.resolve_classes(target_names, class_names)
+    try:
+        targets = ca.resolve_classes(target_names, class_names)
+    except ValueError as e:
+        raise ConfigError("targets", str(e)) from None
     from jaxdissect.data.places import is_places365
 
     per_target = config.images_per_target or (1000 if is_places365(config.dataset) else 10)
-    if attack_source is None or (train_source is None and ranking is None and config.ranking_file is None):
+    if ranking is None and config.ranking_file is not None:  # read before any image is loaded
+        try:
+            ranking = load_ranking(config.ranking_file, num_classes, units)
+        except ValueError as e:
+            raise ConfigError("ranking_file", str(e)) from None
+    if attack_source is None or (train_source is None and ranking is None):
         icfg = ca.InterventionConfig(dataset=config.dataset, train_size=config.train_size, val_size=config.val_size)
         default_train, default_val = ca.make_sources(icfg, model)
         train_source = train_source if train_source is not None else default_train
@@ -456,11 +497,8 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
     weights_fp = ca.stage_fingerprint(model, layer)  # hashes the weights: once per run
 
     if ranking is None:
-        if config.ranking_file is not None:
-            ranking = load_ranking(config.ranking_file, num_classes, units)
-        else:
-            ca._check_source_classes(train_source, class_names, "ranking")
-            ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh, weights_fp)
+        ca._check_source_classes(train_source, class_names, "ranking")
+        ranking = unit_ranking(model, layer, train_source, num_classes, config, mesh, weights_fp)
     ranking = np.asarray(ranking, np.int64)
     if ranking.shape != (num_classes, units):
         raise ValueError(f"ranking must be (classes, units) = ({num_classes}, {units}), got {ranking.shape}")
@@ -494,7 +532,7 @@ def run_experiment(config: AdversarialConfig = AdversarialConfig(), *, model=Non
                                    attack=attack_description(config.attack), class_names=class_names,
                                    ranking=ranking, records=records, summary=summary)
         if parallel.is_primary():
-            adversarial_report.write_outputs(result, model, examples=config.examples,
+            adversarial_report.write_outputs(result, collect_examples(result, model, config.examples),
                                              threshold=config.delta_threshold)
         parallel.barrier("adversarial-written")
     return result

@@ -6,6 +6,7 @@ matplotlib is imported lazily (`pip install jaxdissect[plots]`).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -110,45 +111,33 @@ def example_png(original: np.ndarray, adversarial: np.ndarray, maps_orig: np.nda
     return figure_png(fig)
 
 
-def _layer_maps(model, layer: str, images01: np.ndarray) -> np.ndarray:
-    import jax.numpy as jnp
+@dataclasses.dataclass
+class Example:
+    """One successful attack to picture: the images in [0, 1], the layer's maps on each, classes."""
 
-    from jaxdissect.capture import capture
-    from jaxdissect.experiments.attacks import model_input
+    target_name: str
+    index: int  # the image's sample index
+    original: np.ndarray  # (H, W, 3) float in [0, 1]
+    adversarial: np.ndarray
+    maps_original: np.ndarray  # (h, w, units)
+    maps_adversarial: np.ndarray
+    source: int  # the class the image showed
+    predicted: int  # the class the attacked image was taken for
+    target: int
 
-    _, acts = capture(model, model_input(model)(jnp.asarray(images01, jnp.float32)), layer)
-    return np.asarray(acts[layer])
 
-
-def write_examples(result, model, examples: int, threshold: float) -> list[str]:
-    """Up to `examples` successful attacks per target as examples/<target>_<index>.png."""
-    from jaxdissect.experiments.adversarial import batch_path, load_batch
-
+def write_examples(result, examples: Sequence[Example], threshold: float) -> list[str]:
+    """Each example as examples/<target>_<index>.png (the driver picks and computes them)."""
     written = []
     k = int(result.summary["important_units"])
-    for name, rec in result.records.items():
-        shown, b = 0, 0
-        while shown < examples and os.path.exists(batch_path(result.directory, name, b)):
-            batch = load_batch(batch_path(result.directory, name, b))
-            b += 1
-            ok = np.flatnonzero(batch["success"])[: examples - shown]
-            if ok.size == 0:
-                continue
-            orig = batch["original"][ok].astype(np.float32) / 255.0
-            adv = batch["adversarial"][ok]
-            maps_o, maps_a = _layer_maps(model, result.layer, orig), _layer_maps(model, result.layer, adv)
-            if maps_o.ndim != 4:
-                return written  # a layer without space (fc): nothing to outline
-            for j, i in enumerate(ok):
-                src = int(batch["source"][i])
-                titles = (f"{int(batch['indices'][i])} original: {result.class_names[src]}",
-                          f"attacked: {result.class_names[int(batch['predicted'][i])]}")
-                png = example_png(orig[j], adv[j], maps_o[j], maps_a[j], result.ranking[src, :k],
-                                  result.ranking[rec.target, :k], threshold, titles)
-                path = os.path.join(result.directory, "examples", f"{name}_{int(batch['indices'][i])}.png")
-                atomic_write_bytes(path, png)
-                written.append(path)
-                shown += 1
+    for ex in examples:
+        titles = (f"{ex.index} original: {result.class_names[ex.source]}",
+                  f"attacked: {result.class_names[ex.predicted]}")
+        png = example_png(ex.original, ex.adversarial, ex.maps_original, ex.maps_adversarial,
+                          result.ranking[ex.source, :k], result.ranking[ex.target, :k], threshold, titles)
+        path = os.path.join(result.directory, "examples", f"{ex.target_name}_{ex.index}.png")
+        atomic_write_bytes(path, png)
+        written.append(path)
     return written
 
 
@@ -169,7 +158,7 @@ def _json_default(v):
     raise TypeError(type(v))
 
 
-def write_outputs(result, model, examples: int = 2, threshold: float | None = None) -> dict[str, str]:
+def write_outputs(result, examples: Sequence[Example] = (), threshold: float | None = None) -> dict[str, str]:
     """summary.json, per_image.npz (every record), peak_change.png and the example pictures."""
     d = result.directory
     paths = {"summary": os.path.join(d, "summary.json"), "per_image": os.path.join(d, "per_image.npz"),
@@ -181,8 +170,8 @@ def write_outputs(result, model, examples: int = 2, threshold: float | None = No
     np.savez(buf, ranking=result.ranking, **arrays)
     atomic_write_bytes(paths["per_image"], buf.getvalue())
     atomic_write_bytes(paths["bar_chart"], bar_chart_png(result.summary, int(result.summary["important_units"])))
-    if examples > 0:
+    if examples:
         level = default_threshold(result) if threshold is None else float(threshold)
-        for i, p in enumerate(write_examples(result, model, examples, level)):
+        for i, p in enumerate(write_examples(result, examples, level)):
             paths[f"example_{i}"] = p
     return paths

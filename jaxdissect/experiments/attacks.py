@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxdissect.models.registry import normalize_pixels
+
 Forward = Callable[[Any, jax.Array], jax.Array]  # (params, images in [0, 1], NHWC) -> logits
 _TANH_SHRINK = 0.999999  # keeps arctanh of the box edges finite (foolbox's factor)
 
@@ -125,11 +127,7 @@ def normalized_forward(apply_fn: Callable[[Any, jax.Array], jax.Array],
 
 def model_input(model) -> Callable[[jax.Array], jax.Array]:
     """[0, 1] images -> what a registered model takes: (x - mean) / std, or its value range."""
-    if "range" in model.normalization:
-        lo, hi = model.normalization["range"]
-        return lambda x: x * (hi - lo) + lo
-    normalize = normalized_forward(lambda _, x: x, model.normalization)
-    return lambda x: normalize(None, x)
+    return lambda x: normalize_pixels(x, model.normalization)
 
 
 def model_forward(model) -> Forward:

@@ -10,13 +10,17 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import checkpoints, parallel
+from jaxdissect.config_error import ConfigError
 from jaxdissect.data.places import is_places365
+from jaxdissect.passes import StageStore
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
                                                tally_arrays)
@@ -97,7 +101,7 @@ class InterventionResult:
 def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
     short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    from jaxdissect.dissect.pipeline import dataset_short_name
+    from jaxdissect.dissect.run import dataset_short_name
 
     dataset = dataset_short_name(config.dataset)
     layer_short = layer[len("features."):] if layer.startswith("features.") else layer
@@ -106,7 +110,7 @@ def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> s
 
 def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     """(ranking source, measuring source): scenes train/val, Places365 train/val, or a folder's."""
-    from jaxdissect.dissect import sources
+    from jaxdissect.data import sources
 
     size = int(model.input_size[0])
     if config.dataset == "scenes":
@@ -134,6 +138,35 @@ def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     val = sources.FolderSource(val_root, crop=size, size=config.val_size)
     train = sources.FolderSource(train_root, crop=size, size=config.train_size or len(val))
     return train, val
+
+
+def check_config(config: InterventionConfig) -> None:
+    """The config's counts are usable (ConfigError naming the field otherwise)."""
+    for field in ("distribution_n", "random_draws", "batch_size", "mask_chunk", "checkpoint_every"):
+        if int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
+    for field in ("train_size", "val_size", "devices", "dissection_sample_size"):
+        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
+    if config.seed < 0:
+        raise ConfigError("seed", f"must be >= 0, got {config.seed}")
+
+
+def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
+    """The unit counts N to run: 1 <= N < units. The defaults are clipped to the layer quietly; N
+    given otherwise that do not fit are dropped with a warning naming them, and a ConfigError is
+    raised when none is left."""
+    if units < 2:
+        raise ConfigError("layer", f"{layer} has {units} unit; ablating its best units needs at least 2")
+    kept = clip_ns(ns, units)
+    dropped = sorted({int(n) for n in ns} - set(kept))
+    if not kept:
+        raise ConfigError("ns", f"each N must be from 1 to {units - 1} ({layer} has {units} units), got "
+                                f"{', '.join(map(str, dropped)) or 'none'}")
+    if dropped and tuple(ns) != DEFAULT_NS:
+        warnings.warn(f"ns {', '.join(map(str, dropped))} left out: N must be from 1 to {units - 1} ({layer} has "
+                      f"{units} units)", stacklevel=2)
+    return kept
 
 
 def _class_names(model, num_classes: int) -> tuple[str, ...]:
@@ -165,56 +198,22 @@ def resolve_classes(names: Sequence[str | int], class_names: Sequence[str]) -> t
     return tuple(out)
 
 
-class _Stages:
-    """Finished stages as .npz files in <dir>/stages; running ones checkpoint in <dir>/checkpoints."""
-
-    def __init__(self, directory: str):
-        self.directory = directory
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.directory, "stages", f"{name}.npz")
-
-    def load(self, name: str, fingerprint: dict) -> dict | None:
-        try:
-            with np.load(self.path(name)) as z:
-                if json.loads(str(z["fingerprint"])) != fingerprint:
-                    return None
-                return {k: z[k] for k in z.files if k != "fingerprint"}
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            return None
-
-    def save(self, name: str, fingerprint: dict, arrays: dict) -> None:
-        import io
-
-        from jaxdissect.atomic import atomic_write_bytes
-
-        buf = io.BytesIO()
-        np.savez(buf, fingerprint=np.asarray(json.dumps(fingerprint, sort_keys=True)), **arrays)
-        atomic_write_bytes(self.path(name), buf.getvalue())
-
-    def checkpoint(self, name: str) -> str:
-        return os.path.join(self.directory, "checkpoints", name)
-
-
-def run_masks_stage(stages: _Stages, name: str, model, layer: str, source, masks: np.ndarray, num_classes: int,
-                    config: InterventionConfig, mesh, fingerprint: dict, desc: str) -> dict[str, np.ndarray]:
-    """Metrics {name: (M, classes)} of a mask set on a source: cached, or computed with resume."""
-    import shutil
-
-    from jaxdissect import parallel
-
+def run_masks_stage(stages: StageStore, name: str, model, layer: str, source, masks: np.ndarray,
+                    num_classes: int, config: InterventionConfig, mesh, fingerprint: dict,
+                    desc: str) -> dict[str, np.ndarray]:
+    """Metrics {name: (M, classes)} of a mask set on a source: stored, or computed with resume."""
     fingerprint = {**fingerprint, "masks": masks_digest(masks), "samples": len(source)}
     cached = stages.load(name, fingerprint)
     if cached is not None:
         return cached
     counts = evaluate_masks(model, layer, source, masks, num_classes, mesh=mesh, batch_size=config.batch_size,
-                            chunk=config.mask_chunk, checkpoint=stages.checkpoint(name),
+                            chunk=config.mask_chunk, checkpoint=stages.directory, name=name,
                             checkpoint_every=config.checkpoint_every, fingerprint=fingerprint,
                             progress=config.progress, desc=desc)
     out = {**counts.metrics(), **{f"tally_{k}": v for k, v in tally_arrays(counts).items()}}
     if parallel.is_primary():
         stages.save(name, fingerprint, out)
-        shutil.rmtree(stages.checkpoint(name), ignore_errors=True)
+        checkpoints.remove(os.path.join(stages.directory, "checkpoints", name))
     parallel.barrier(f"ablation-stage-{name}")
     return out
 
@@ -242,7 +241,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     replace what the config names, for running it on your own networks and data."""
     from jaxdissect import parallel
     from jaxdissect.dissect import runstate
-    from jaxdissect.dissect.pipeline import resolve_layers
+    from jaxdissect.dissect.run import resolve_layers
     from jaxdissect.experiments import classifier_report
     from jaxdissect.models import load
 
@@ -251,27 +250,31 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
         model = load(config.model, config.weights)
     if model.kind != "classifier":
         raise ValueError(f"model {model.name!r} is a {model.kind}; classifier ablation needs a classifier")
+    check_config(config)
     [layer] = resolve_layers(model, (config.layer,) if config.layer else ())
-    if train_source is None or val_source is None:
-        default_train, default_val = make_sources(config, model)
-        train_source = train_source if train_source is not None else default_train
-        val_source = val_source if val_source is not None else default_val
     example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
     units = int(jax.eval_shape(layer_forward(model, layer), model.variables, example).shape[-1])
     num_classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
     class_names = _class_names(model, num_classes)
-    _check_source_classes(train_source, class_names, "ranking")
-    _check_source_classes(val_source, class_names, "measuring")
-    ns = clip_ns(config.ns, units)
-    dist_n = min(max(1, config.distribution_n), units - 1)
+    ns = experiment_ns(config.ns, units, layer)
+    dist_n = min(config.distribution_n, units - 1)
     curve_names = config.curve_classes
     if curve_names is None:
         defaults = DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ())
         curve_names = tuple(n for n in defaults if n in class_names) or class_names[:1]
-    curve_classes = resolve_classes(curve_names, class_names)
+    try:
+        curve_classes = resolve_classes(curve_names, class_names)
+    except ValueError as e:
+        raise ConfigError("curve_classes", str(e)) from None
+    if train_source is None or val_source is None:  # after the checks: Places may be downloaded here
+        default_train, default_val = make_sources(config, model)
+        train_source = train_source if train_source is not None else default_train
+        val_source = val_source if val_source is not None else default_val
+    _check_source_classes(train_source, class_names, "ranking")
+    _check_source_classes(val_source, class_names, "measuring")
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)
-    stages = _Stages(directory)
+    stages = StageStore(directory)
     base_fp = stage_fingerprint(model, layer)
     ranking_fp = {**base_fp, "tie_break": bool(config.tie_break)}
 

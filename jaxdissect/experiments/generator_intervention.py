@@ -21,7 +21,7 @@ Experiments (driver: `run_interventions`):
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -30,12 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect import parallel, stats
-from jaxdissect.atomic import atomic_directory, existing_version
-from jaxdissect.dissect import runstate, sources, steps
+from jaxdissect import checkpoints, parallel
+from jaxdissect.config_error import ConfigError
+from jaxdissect.data import sources
+from jaxdissect.dissect import runstate, steps
+from jaxdissect.data.zdataset import standard_z_sample
+from jaxdissect.experiments import generator_report
+from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
     ablation_stack, insertion_stack, stack_size, conditional_update, conditional_readout)
+from jaxdissect.experiments.mask_sweep import weights_digest
 from jaxdissect.stats import Moments
 
 Z99 = 2.5758293035489004  # two-sided 99% normal quantile: the original's 2.58 * stderr band
@@ -62,6 +67,7 @@ class GeneratorFns:
         if layer not in valid_layer_names(model):
             raise ValueError(f"unknown layer {layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")
         self.model, self.layer, self.segmenter = model, layer, segmenter
+        self.weights_digest = weights_digest(model.variables)  # part of every pass's fingerprint
         self.labels = segmenter.labels
         self.num_labels = len(self.labels)
         run = capture_fn(model.module, (layer,))
@@ -156,8 +162,9 @@ def insertion_step(fns: GeneratorFns, chunk: int = 8) -> Callable:
 
 @dataclasses.dataclass
 class PassRunner:
-    """Runs per-device steps over a z source on a mesh, checkpointing every few batches into
-    `directory/checkpoints/<name>` and keeping finished passes in `directory/passes/<name>`."""
+    """Runs per-device steps over a z source on a mesh through the resumable pass engine
+    (checkpoints in `directory/checkpoints/<name>`), keeping finished passes, with their
+    fingerprints, in `directory/stages/<name>`."""
 
     directory: str
     mesh: jax.sharding.Mesh
@@ -165,80 +172,66 @@ class PassRunner:
     checkpoint_every: int = 25
     progress: bool = True
 
-    def _final_dir(self, name):
-        return os.path.join(self.directory, "passes", name)
-
-    def load_final(self, name: str, fingerprint: dict) -> dict | None:
-        try:
-            path = existing_version(self._final_dir(name))
-        except FileNotFoundError:
-            return None
-        try:
-            with open(os.path.join(path, "fingerprint.json")) as f:
-                if json.load(f) != fingerprint:
-                    return None
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return {k: stats.load(os.path.join(path, k)) for k in sorted(os.listdir(path)) if k != "fingerprint.json"}
-
-    def save_final(self, name: str, states: dict, fingerprint: dict) -> None:
-        with atomic_directory(self._final_dir(name)) as tmp:
-            for key, state in states.items():
-                stats.save(os.path.join(tmp, key), state)
-            with open(os.path.join(tmp, "fingerprint.json"), "w") as f:
-                json.dump(fingerprint, f, indent=1)
-
     def run(self, name: str, per_device: Callable, empty: dict, replicated: Any, source, fingerprint: dict,
-            stop_after: int | None = None) -> dict:
+            stop_after: int | None = None) -> dict | None:
         """Merged states of the pass (loaded when already finished with the same fingerprint).
         `stop_after` batches (for tests of resuming) leaves the pass unfinished and returns None."""
-        fingerprint = json.loads(json.dumps({**fingerprint, "samples": len(source), "batch_size": self.batch_size}))
-        done = self.load_final(name, fingerprint)
+        fingerprint = {**fingerprint, "samples": len(source)}
+        store = StageStore(self.directory)
+        done = store.load(name, fingerprint)
         if done is not None:
             return done
-        ranges = sources.batch_ranges(len(source), self.batch_size)
-        start, states = 0, dict(empty)
-        resumed = runstate.load_pass(self.directory, name, empty)
-        if resumed is not None:
-            saved, progress = resumed
-            if progress.get("fingerprint") == fingerprint:
-                states, start = saved, int(progress["batches_done"])
-        mesh = self.mesh
-        stacked = {k: steps.place_first(states[k], empty[k], mesh) for k in empty}
-        replicated = parallel.replicate(mesh, replicated)
-        step = steps.sharded_pass(per_device, mesh, 3)
-        rows = parallel.local_rows(mesh, self.batch_size)
-        positions = np.concatenate([r for _, r in rows])
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(source), desc=name, unit="img", dynamic_ncols=True,
-                   disable=not (self.progress and parallel.is_primary()))
-        bar.update(sum(len(r) for r in ranges[:start]))
-        for b, batch in enumerate(sources.prefetch(source, ranges[start:], positions), start):
-            args = [parallel.assemble(mesh, rows, a, self.batch_size) for a in (batch.inputs, batch.indices, batch.ok)]
-            stacked = step(stacked, replicated, *args)
-            bar.update(len(ranges[b]))
-            finished = b + 1
-            stopping = stop_after is not None and finished - start >= stop_after
-            if finished < len(ranges) and (stopping or finished % self.checkpoint_every == 0):
-                self._checkpoint(name, stacked, {"batches_done": finished, "fingerprint": fingerprint})
-                if stopping:
-                    bar.close()
-                    return None
-        bar.close()
-        merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+        spec = PassSpec(name, self.directory, fingerprint, name)
+        step = steps.sharded_pass(per_device, self.mesh, 3)
+        merged = run_over_source(spec, empty, self.mesh, source, self.batch_size, step, replicated,
+                                 lambda b: (b.inputs, b.indices, b.ok), policy=CheckpointPolicy(every=self.checkpoint_every),
+                                 progress=self.progress, stop_after=stop_after)
+        if merged is None:
+            return None
         if parallel.is_primary():
-            self.save_final(name, merged, fingerprint)
-            runstate.clear_pass(self.directory, name)
+            store.save(name, fingerprint, merged)
+            checkpoints.remove(spec.checkpoint_dir)
         parallel.barrier(f"{name}-final")
         return merged
 
-    def _checkpoint(self, name: str, stacked: dict, progress: dict) -> None:
-        """Merge the per-device states; process 0 writes them; every process waits."""
-        merged = parallel.to_host(steps.merge_over_mesh(stacked, self.mesh))
-        if parallel.is_primary():
-            runstate.save_pass(self.directory, name, merged, progress)
-        parallel.barrier(f"checkpoint-{name}-{progress['batches_done']}")
+
+def example_images(res, fns, examples: int = 3, candidates: int = 24) -> tuple[np.ndarray, np.ndarray, list]:
+    """(ablation grid, insertion grid, shown ablation counts): images of the z (among the first
+    `candidates`) with the most pixels of each class; insertion at the best and worst context."""
+    z = standard_z_sample(candidates, int(fns.model.z_dim))
+    labels = fns.labels
+    images, _ = fns.forward(fns.model.variables, jnp.asarray(z))
+    seg = fns.segment(images)
+    counts = np.asarray(class_counts(seg, fns.num_labels))
+    scale = max(1, 128 // fns.image_hw[0])
+
+    r = res.removal
+    shown = [n for n in (0, 2, 4, 8, 20, 30) if n <= r.counts[-1]]
+    pick = np.argsort(-counts[:, labels.index(r.label)], kind="stable")[:examples]
+    masks = best_units_masks(r.units, int(r.counts[-1]), fns.num_units)[shown]
+    abl = ablation_examples(fns, z[pick], masks)  # (K, N, H, W, 3)
+    ablation_grid = generator_report.grid_image([[abl[k, i] for k in range(len(shown))] for i in range(len(pick))], scale=scale)
+
+    c = res.context
+    rows = c.rows(1)
+    ctx = np.asarray(context_labels(seg, fns.layer_hw, fns.num_labels))  # (N, h, w, L)
+    best_ctx = [labels.index(x["context"]) for x in rows[:1]]
+    worst_ctx = [labels.index(x["context"]) for x in rows[-1:]]
+    ins_pick = np.argsort(-ctx[..., best_ctx].sum((1, 2, 3)), kind="stable")[:examples] if best_ctx else pick
+    h, w = fns.layer_hw
+    cy, cx = fns.image_hw[0] // h, fns.image_hw[1] // w
+    grid_rows = []
+    for i in ins_pick:
+        locs = []
+        for want in (best_ctx, worst_ctx):
+            cells = np.argwhere(ctx[i][..., want].any(-1)) if want else np.zeros((0, 2), int)
+            locs.append(tuple(int(v) for v in cells[len(cells) // 2]) if len(cells) else (h // 2, w // 2))
+        orig, ins = insertion_examples(fns, z[i:i + 1], c.units, c.values, locs)
+        row = [orig[0]]
+        for k, (y, x) in enumerate(locs):
+            row.append(generator_report.draw_box(ins[k, 0], y * cy, x * cx, (y + 1) * cy, (x + 1) * cx))
+        grid_rows.append(row)
+    return ablation_grid, generator_report.grid_image(grid_rows, scale=scale), shown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +239,21 @@ class PassRunner:
 
 
 def _fp(fns: GeneratorFns) -> dict:
-    return {"model": fns.model.name, "layer": fns.layer, "labels": fns.num_labels, "downsample": fns.downsample}
+    """What every pass depends on: the generator (name and a digest of its weights, so a retrained
+    generator never reuses passes), the layer, the segmenter's labels and the downsampling."""
+    return {"model": fns.model.name, "weights": fns.weights_digest, "layer": fns.layer, "labels": fns.num_labels,
+            "downsample": fns.downsample}
+
+
+def edits_digest(edits: Any) -> str:
+    """A digest of an edit stack (its structure and arrays), so a pass of other edits is never reused."""
+    leaves, treedef = jax.tree.flatten(edits)
+    h = hashlib.sha1(str(treedef).encode())
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, name: str,
@@ -255,7 +262,7 @@ def segclass_stats(fns: GeneratorFns, runner: PassRunner, source, edits: Any, na
     K*L entries, edit-major) and their per-image difference ('delta')."""
     k, num_l = stack_size(edits), fns.num_labels
     empty = {"baseline": Moments.create(num_l), "edited": Moments.create(k * num_l), "delta": Moments.create(k * num_l)}
-    fp = {**_fp(fns), "pass": "segclass", "edits": k, **(fingerprint or {})}
+    fp = {**_fp(fns), "pass": "segclass", "edits": k, "edits_digest": edits_digest(edits), **(fingerprint or {})}
     return runner.run(name, segclass_step(fns, chunk), empty, (fns.model.variables, edits), source, fp, stop_after)
 
 
@@ -407,24 +414,44 @@ def _defaults(config: InterventionConfig, model_name: str):
             config.insert_sample_size or (50 if toy else 10_000), config.dissect_sample_size or (1000 if toy else 10_000))
 
 
+def check_config(config: InterventionConfig) -> None:
+    """The config's counts and quantiles are usable (ConfigError naming the field otherwise)."""
+    for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
+        if int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
+    for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
+        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
+    if config.min_context_samples < 0:
+        raise ConfigError("min_context_samples", f"must be >= 0, got {config.min_context_samples}")
+    for field in ("quantile", "insert_quantile"):
+        if not 0 < float(getattr(config, field)) < 1:
+            raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(config, field)}")
+
+
 def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
-    from jaxdissect.dissect import DissectConfig, dissect
-    from jaxdissect.dissect.pipeline import make_segmenter
+    from jaxdissect.dissect import DissectConfig, dissect, layer_stats
+    from jaxdissect.dissect.run import make_segmenter
     from jaxdissect.models import load
 
+    check_config(config)
     if model is None:
         model = load(config.model, config.weights)
-    layer, seg, *_, dissect_n = _defaults(config, model.name)
+    layer, seg, remove, insert, *_, dissect_n = _defaults(config, model.name)
     layer = layer or model.default_layer
     if segmenter is None:
         segmenter, _ = make_segmenter(seg, None)
+    for field, name in (("remove_class", remove), ("insert_class", insert)):  # before anything is computed
+        if name not in segmenter.labels.names:
+            raise ConfigError(field, f"{name!r} is not a label of the segmenter ({seg}); labels: "
+                                     f"{', '.join(segmenter.labels.names[1:])}")
     dcfg = DissectConfig(model=model.name, seg=seg, layers=(layer,), quantile=config.quantile,
                          outdir=config.outdir, sample_size=dissect_n, batch_size=config.batch_size,
                          devices=config.devices, progress=config.progress, weights=config.weights)
     [result] = dissect(dcfg, model=model, segmenter=segmenter)
-    sketch = stats.load(os.path.join(result.directory, "stats", "quantiles"))
+    sketch = layer_stats(result.directory)["quantiles"]
     return model, segmenter, result, sketch
 
 
@@ -432,7 +459,6 @@ def run_interventions(config: InterventionConfig = InterventionConfig(), *, mode
                       segmenter=None) -> InterventionResult:
     """Dissect (if needed), then run the ablation and insertion experiments and write their
     tables, plots, strips and report section into `<dissection folder>/generator_intervention`."""
-    from jaxdissect.experiments import generator_report
 
     timings = {}
     t0 = time.perf_counter()
@@ -482,5 +508,6 @@ def run_interventions(config: InterventionConfig = InterventionConfig(), *, mode
         res = InterventionResult(out, result.layer, removal, context, single, np.asarray(best["baseline"].mean()),
                                  labels.names, timings)
         if parallel.is_primary():
-            generator_report.write_outputs(res, fns, result, min_context_samples=config.min_context_samples)
+            generator_report.write_outputs(res, example_images(res, fns), result,
+                                           min_context_samples=config.min_context_samples)
     return res

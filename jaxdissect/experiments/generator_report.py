@@ -118,50 +118,6 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def example_strips(res, fns, examples: int = 3, candidates: int = 24) -> tuple[np.ndarray, np.ndarray, list]:
-    """(ablation grid, insertion grid, shown ablation counts): images of the z (among the first
-    `candidates`) with the most pixels of each class; insertion at the best and worst context."""
-    import jax.numpy as jnp
-
-    from jaxdissect.data.zdataset import standard_z_sample
-    from jaxdissect.experiments import generator_intervention as gi
-
-    z = standard_z_sample(candidates, int(fns.model.z_dim))
-    labels = fns.labels
-    images, _ = fns.forward(fns.model.variables, jnp.asarray(z))
-    seg = fns.segment(images)
-    counts = np.asarray(gi.class_counts(seg, fns.num_labels))
-    scale = max(1, 128 // fns.image_hw[0])
-
-    r = res.removal
-    shown = [n for n in (0, 2, 4, 8, 20, 30) if n <= r.counts[-1]]
-    pick = np.argsort(-counts[:, labels.index(r.label)], kind="stable")[:examples]
-    masks = gi.best_units_masks(r.units, int(r.counts[-1]), fns.num_units)[shown]
-    abl = gi.ablation_examples(fns, z[pick], masks)  # (K, N, H, W, 3)
-    ablation_grid = grid_image([[abl[k, i] for k in range(len(shown))] for i in range(len(pick))], scale=scale)
-
-    c = res.context
-    rows = c.rows(1)
-    ctx = np.asarray(gi.context_labels(seg, fns.layer_hw, fns.num_labels))  # (N, h, w, L)
-    best_ctx = [labels.index(x["context"]) for x in rows[:1]]
-    worst_ctx = [labels.index(x["context"]) for x in rows[-1:]]
-    ins_pick = np.argsort(-ctx[..., best_ctx].sum((1, 2, 3)), kind="stable")[:examples] if best_ctx else pick
-    h, w = fns.layer_hw
-    cy, cx = fns.image_hw[0] // h, fns.image_hw[1] // w
-    grid_rows = []
-    for i in ins_pick:
-        locs = []
-        for want in (best_ctx, worst_ctx):
-            cells = np.argwhere(ctx[i][..., want].any(-1)) if want else np.zeros((0, 2), int)
-            locs.append(tuple(int(v) for v in cells[len(cells) // 2]) if len(cells) else (h // 2, w // 2))
-        orig, ins = gi.insertion_examples(fns, z[i:i + 1], c.units, c.values, locs)
-        row = [orig[0]]
-        for k, (y, x) in enumerate(locs):
-            row.append(draw_box(ins[k, 0], y * cy, x * cx, (y + 1) * cy, (x + 1) * cx))
-        grid_rows.append(row)
-    return ablation_grid, grid_image(grid_rows, scale=scale), shown
-
-
 def section_html(res, min_context_samples: int, shown: Sequence[int], prefix: str = "generator_intervention") -> str:
     """The report.html section: plots, strips, and the context table (all text escaped)."""
     r, c = res.removal, res.context
@@ -202,15 +158,17 @@ def add_report_section(dissection_dir: str, section: dict) -> None:
     write_report_html(os.path.join(dissection_dir, "report.html"), {**report, "sections": others + [section]}, title)
 
 
-def write_outputs(res, fns, dissection, min_context_samples: int = 100) -> None:
-    """Write every output file of an InterventionResult and the report section."""
+def write_outputs(res, examples: tuple[np.ndarray, np.ndarray, list], dissection,
+                  min_context_samples: int = 100) -> None:
+    """Write every output file of an InterventionResult and the report section; `examples` are
+    the driver's (ablation grid, insertion grid, shown ablation counts)."""
     d = res.directory
     os.makedirs(d, exist_ok=True)
     save_tables(d, res)
     atomic_write_bytes(os.path.join(d, f"removal_{res.removal.label}.png"), removal_plot(res.removal))
     rows = res.context.rows(min_context_samples) or res.context.rows(1)
     atomic_write_bytes(os.path.join(d, f"context_{res.context.label}.png"), context_plot(rows, res.context.label))
-    ablation_grid, insertion_grid, shown = example_strips(res, fns)
+    ablation_grid, insertion_grid, shown = examples
     atomic_write_bytes(os.path.join(d, f"ablation_{res.removal.label}.png"), _encode_png(ablation_grid))
     atomic_write_bytes(os.path.join(d, f"insertion_{res.context.label}.png"), _encode_png(insertion_grid))
     section = {"title": SECTION_TITLE, "html": section_html(res, min_context_samples, shown)}

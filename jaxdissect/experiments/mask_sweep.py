@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Callable
 
 import jax
@@ -18,8 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxdissect import parallel
+from jaxdissect.capture import capture_fn
 from jaxdissect.experiments.class_metrics import ClassCounts
 from jaxdissect.experiments.sweep import tail_function
+from jaxdissect.parallel import sharded_pass
+from jaxdissect.passes import CheckpointPolicy, PassSpec, run_over_source
 
 
 @struct.dataclass
@@ -105,8 +108,6 @@ def model_input_function(model) -> Callable:
 
 def layer_forward(model, layer: str) -> Callable:
     """(variables, x) -> the layer's activations (jit drops everything after it)."""
-    from jaxdissect.capture import capture_fn
-
     run = capture_fn(model.module, (layer,))
     return lambda variables, x: run(variables, x, {})[1][layer]
 
@@ -146,91 +147,48 @@ def tally_from_arrays(z) -> MaskTally:
     return MaskTally(ClassCounts(**{k: jnp.asarray(z[k]) for k in _COUNT_FIELDS}), jnp.asarray(z["logprob"]))
 
 
-def _save_checkpoint(path: str, tally: MaskTally, progress: dict) -> None:
-    from jaxdissect.atomic import atomic_directory
-
-    with atomic_directory(path) as tmp:
-        np.savez(os.path.join(tmp, "tally.npz"), **tally_arrays(tally))
-        with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump(progress, f, indent=1)
-
-
-def _load_checkpoint(path: str) -> tuple[MaskTally, dict] | None:
-    from jaxdissect.atomic import existing_version
-
-    try:
-        path = existing_version(path)
-        with open(os.path.join(path, "progress.json")) as f:
-            progress = json.load(f)
-        with np.load(os.path.join(path, "tally.npz")) as z:
-            tally = tally_from_arrays(z)
-    except (FileNotFoundError, KeyError, ValueError, OSError):
-        return None
-    return tally, progress
-
-
 _STEPS: dict[Any, Callable] = {}
 
 
 def _sweep_step(model, layer: str, chunk: int, mesh) -> Callable:
-    """The jitted sharded sweep step, built once per (module, layer, input normalization, chunk, mesh)."""
-    from jaxdissect.dissect import steps
-
+    """The jitted sharded sweep step over {'tally': MaskTally}, built once per (module, layer,
+    input normalization, chunk, mesh)."""
     key = (model.module, layer, json.dumps(model.normalization, sort_keys=True, default=str), chunk, mesh)
     if key not in _STEPS:
-        per_device = mask_counts_step(layer_forward(model, layer), tail_function(model, layer),
-                                      model_input_function(model), chunk)
-        _STEPS[key] = steps.sharded_pass(per_device, mesh, 3)
+        one = mask_counts_step(layer_forward(model, layer), tail_function(model, layer),
+                               model_input_function(model), chunk)
+        _STEPS[key] = sharded_pass(lambda state, rep, *batch: {"tally": one(state["tally"], rep, *batch)}, mesh, 3)
     return _STEPS[key]
 
 
 def evaluate_masks(model, layer: str, source, masks: np.ndarray, num_classes: int, *, mesh=None,
-                   batch_size: int = 50, chunk: int = 32, checkpoint: str | None = None,
+                   batch_size: int = 50, chunk: int = 32, checkpoint: str | None = None, name: str = "masks",
                    checkpoint_every: int = 20, fingerprint: dict | None = None, progress: bool = False,
                    desc: str = "masks") -> MaskTally:
     """Per-class counts of the model's predictions on `source` with each of `masks` (M, units)
     applied to `layer` (1 = zero that unit): a MaskTally with (M, classes) arrays.
 
     Batches are split over `mesh` (default: all devices); each device keeps its own counts, merged
-    at the end. With `checkpoint` (a folder) the counts so far are saved every `checkpoint_every`
-    batches and a rerun with the same masks, source size and batch size continues from there."""
-    from tqdm.auto import tqdm
-
-    from jaxdissect import parallel
-    from jaxdissect.dissect import sources, steps
-
+    at the end. With `checkpoint` (a folder) the pass checkpoints into checkpoint/checkpoints/<name>
+    every `checkpoint_every` batches and a rerun with the same masks and samples continues from
+    there (on any device count or batch size); the caller removes the checkpoint once the result
+    is kept."""
     masks = np.asarray(masks, np.float32)
     if masks.ndim != 2:
         raise ValueError(f"masks must be (num_masks, units), got shape {masks.shape}")
     mesh = parallel.make_mesh() if mesh is None else mesh
     batch_size = parallel.padded_batch_size(batch_size, mesh)
-    ranges = sources.batch_ranges(len(source), batch_size)
     fingerprint = {**(fingerprint or {}), "layer": layer, "masks": masks_digest(masks),
-                   "num_masks": int(masks.shape[0]), "samples": len(source), "batch_size": batch_size}
-    empty = MaskTally.create(masks.shape[0], num_classes)
-    counts, start = empty, 0
-    if checkpoint is not None:
-        saved = _load_checkpoint(checkpoint)
-        if saved is not None and saved[1].get("fingerprint") == fingerprint:
-            counts, start = saved[0], int(saved[1]["batches_done"])
-    stacked = steps.place_first(counts, empty, mesh)
+                   "num_masks": int(masks.shape[0]), "samples": len(source)}
+    empty = {"tally": MaskTally.create(masks.shape[0], num_classes)}
     step = _sweep_step(model, layer, chunk, mesh)
-    replicated = parallel.replicate(mesh, (model.variables, jnp.asarray(masks)))
-    rows = parallel.local_rows(mesh, batch_size)
-    positions = np.concatenate([r for _, r in rows])
-    bar = tqdm(total=len(source), desc=desc, unit="img", disable=not (progress and parallel.is_primary()),
-               dynamic_ncols=True)
-    bar.update(sum(len(r) for r in ranges[:start]))
-    for b, batch in enumerate(sources.prefetch(source, ranges[start:], positions), start):
+
+    def per_batch(batch):
         if batch.labels is None:
             raise ValueError(f"{type(source).__name__} gives no class labels; the ablation needs labelled images")
-        args = (batch.inputs, np.asarray(batch.labels, np.int32), batch.ok)
-        stacked = step(stacked, replicated, *(parallel.assemble(mesh, rows, a, batch_size) for a in args))
-        bar.update(len(ranges[b]))
-        if checkpoint is not None and (b + 1) % checkpoint_every == 0 and b + 1 < len(ranges):
-            merged = parallel.to_host(steps.merge_over_mesh(stacked, mesh))
-            if parallel.is_primary():
-                _save_checkpoint(checkpoint, merged, {"batches_done": b + 1, "fingerprint": fingerprint})
-            parallel.barrier(f"ablation-checkpoint-{b + 1}")
-    bar.close()
-    return parallel.to_host(steps.merge_over_mesh(stacked, mesh))
+        return batch.inputs, np.asarray(batch.labels, np.int32), batch.ok
+
+    merged = run_over_source(PassSpec(name, checkpoint, fingerprint, desc), empty, mesh, source, batch_size, step,
+                             (model.variables, jnp.asarray(masks)), per_batch,
+                             policy=CheckpointPolicy(every=checkpoint_every), progress=progress)
+    return merged["tally"]

@@ -17,6 +17,7 @@ import jax
 
 from jaxdissect.models import registry
 from jaxdissect.models.layers import ConvReLU, DenseReLU, LocalResponseNorm, MaxPool, torch_flatten
+from weight_conversion.keymaps import alexnet as alexnet_keymap
 
 # name: (out channels, kernel, stride, padding, groups); in channels follow from the order.
 CONVS = {
@@ -62,9 +63,7 @@ def build(config: Mapping[str, Any]) -> AlexNet:
     return AlexNet(num_classes=int(config.get("num_classes", 365)))
 
 
-_config_from_torch, _convert = registry.lazy_keymap("alexnet")
-
-
+KEYMAP = alexnet_keymap.keymap(CONVS)
 
 SPEC = registry.register(registry.ModelSpec(
     name="alexnet_places",
@@ -78,6 +77,6 @@ SPEC = registry.register(registry.ModelSpec(
     labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/alexnet_places365-92864cf6.pth",
     sha256_prefix="92864cf6",
-    config_from_torch=_config_from_torch,
-    convert=_convert,
+    config_from_torch=KEYMAP.config_from_torch,
+    convert=KEYMAP.convert,
 ))

@@ -3,124 +3,74 @@
 Weights come from the package (embedded models), the converted-weights cache (converting the
 official checkpoint on first use), a weights folder, or a `.pth` file. Extra model modules
 (user or test models) register themselves when named in $JAXDISSECT_EXTRA_MODELS
-(comma-separated module paths) or passed to `register_extra_models`.
+(comma-separated module paths) or passed to `register_extra_models` (models.catalog).
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.resources
 import os
 import pathlib
-from typing import Any, Iterable
+from typing import Any
 
-from jaxdissect.models import registry
-from jaxdissect.models.registry import LoadedModel, ModelSpec
+import jax
+import jax.numpy as jnp
 
-EXTRA_MODELS_ENV = "JAXDISSECT_EXTRA_MODELS"
-_imported_extras: set[str] = set()
+from jaxdissect.models import conversion, user_model
+from jaxdissect.models.catalog import EXTRA_MODELS_ENV, available, get_spec, register_extra_models
+from jaxdissect.models.registry import LoadedModel, ModelSpec, places365_labels
+from jaxdissect.models.weights_io import META_FILE, load_weights
+from weight_conversion import cache as weights_cache
+from weight_conversion.downloads import file_hashes
+from weight_conversion.pth_reader import read_pth
 
-
-def register_extra_models(modules: Iterable[str] | None = None) -> None:
-    """Import model modules that call `registry.register` (default: those in $JAXDISSECT_EXTRA_MODELS)."""
-    if modules is None:
-        modules = os.environ.get(EXTRA_MODELS_ENV, "").split(",")
-    for mod in (m.strip() for m in modules):
-        if not mod or mod in _imported_extras:
-            continue
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:
-            raise ImportError(f"cannot import model module {mod!r} (from --register or ${EXTRA_MODELS_ENV}): {e}") from e
-        _imported_extras.add(mod)
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The registered spec of `name` (built-in or extra models); KeyError lists known names."""
-    register_extra_models()
-    return registry.get_spec(name)
-
-
-def available() -> list[str]:
-    """Names of every registered model, extra models included."""
-    register_extra_models()
-    return registry.available()
-
-
-@functools.lru_cache(maxsize=None)
-def places365_labels() -> tuple[str, ...]:
-    """The 365 Places365 class names in class-index order ('airfield', ..., 'zen_garden');
-    sub-categories are joined with '-' ('volleyball_court-outdoor')."""
-    text = importlib.resources.files("jaxdissect.models").joinpath("places365_labels.txt").read_text()
-    names = tuple(line.strip() for line in text.splitlines() if line.strip())
-    if len(names) != 365:
-        raise ValueError(f"places365_labels.txt holds {len(names)} names, expected 365")
-    return names
-
-
-def _package_dir() -> pathlib.Path:
-    import jaxdissect
-
-    return pathlib.Path(jaxdissect.__file__).resolve().parent
+# The jaxdissect package folder, from this module's own file: `jaxdissect.__file__` is None when a
+# folder named jaxdissect (a clone's root) shadows the package as a namespace package.
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _load_folder(spec: ModelSpec, folder: str | os.PathLike) -> tuple[Any, dict]:
     """Variables and config from a weights folder, checked against the module's shapes."""
-    from jaxdissect.models.weights_io import load_weights
-    from weight_conversion.convert import check_variables, expected_variables
-
     variables, config, meta = load_weights(folder)
     if meta.get("model") not in (None, spec.name):
         raise ValueError(f"weights folder {os.fspath(folder)!r} holds model {meta.get('model')!r}, not {spec.name!r}")
     config = {**dict(spec.default_config), **config}
-    variables = check_variables(spec.name, variables, expected_variables(spec, config))
+    variables = conversion.check_variables(spec.name, variables, conversion.expected_variables(spec, config))
     return variables, config
 
 
 def _default_weights(spec: ModelSpec) -> tuple[Any, dict]:
-    from jaxdissect.models.weights_io import META_FILE
-    from weight_conversion import cache
-    from weight_conversion.convert import convert_checkpoint
-
     if spec.packaged_weights:
-        return _load_folder(spec, _package_dir() / spec.packaged_weights)
+        return _load_folder(spec, PACKAGE_DIR / spec.packaged_weights)
     if spec.original_files is not None:
-        from weight_conversion.convert import convert_original_files
-
-        return convert_original_files(spec, None)
+        return conversion.convert_original_files(spec, None)
     if spec.convert is None:
         raise ValueError(f"model {spec.name!r} has no packaged weights and no checkpoint to convert; "
                          "pass weights=DIR")
-    folder = cache.weights_dir(spec.name)
+    folder = weights_cache.weights_dir(spec.name)
     if not (folder / META_FILE).is_file():
-        convert_checkpoint(spec.name, out_dir=folder)
+        conversion.convert_checkpoint(spec.name, out_dir=folder)
     return _load_folder(spec, folder)
 
 
 def _pth_weights(spec: ModelSpec, path: str, cache_converted: bool) -> tuple[Any, dict]:
-    from jaxdissect.models.weights_io import META_FILE
-    from weight_conversion import cache
-    from weight_conversion.convert import convert_checkpoint, convert_state
-    from weight_conversion.download import file_hashes
-    from weight_conversion.pth_reader import read_pth
-
     if not cache_converted:
-        return convert_state(spec, read_pth(path))
+        return conversion.convert_state(spec, read_pth(path))
     _, sha256 = file_hashes(path)
-    folder = cache.weights_dir(f"{spec.name}-{sha256[:16]}")
+    folder = weights_cache.weights_dir(f"{spec.name}-{sha256[:16]}")
     if not (folder / META_FILE).is_file():
-        convert_checkpoint(spec.name, path, out_dir=folder)
+        conversion.convert_checkpoint(spec.name, path, out_dir=folder)
     return _load_folder(spec, folder)
 
 
 def _is_weights_folder(path: str) -> bool:
-    from jaxdissect.models.weights_io import META_FILE
-
     return os.path.isfile(os.path.join(path, META_FILE))
 
 
-def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = True) -> LoadedModel:
+def load(name: Any, /, weights: str | os.PathLike | None = None, *, cache: bool = True, **options: Any) -> LoadedModel:
     """The model `name` with its weights, as a frozen LoadedModel.
+
+    name='package.module:factory' (or a factory callable, a Linen/NNX module): a user's model,
+    see user_model.load_factory for `weights` and the `options` (input_size, normalization,
+    key_map, kind, layers, default_layer, layer_views, prefix_tokens, labels, name).
 
     weights=None: the packaged weights, or the converted official checkpoint (downloaded and
     converted into the cache on first use). weights=DIR: a weights folder (weights_io format).
@@ -128,18 +78,18 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
     cache=False). The segmenters (`upp_segmenter`, `color_segmenter`) take weights=None (the
     original's files, downloaded into the cache) or a folder of those files, converted at load.
     """
-    import jax
-    import jax.numpy as jnp
-
+    if not isinstance(name, str) or user_model.is_factory_path(name):
+        return user_model.load_factory(name, weights, **options)
+    if options:
+        raise ValueError(f"{', '.join(sorted(options))} apply to a user's model (package.module:factory), "
+                         f"not to the registered model {name!r}")
     spec = get_spec(name)
     if weights is None:
         variables, config = _default_weights(spec)
     else:
         path = os.fspath(weights)
         if os.path.isdir(path) and spec.original_files is not None and not _is_weights_folder(path):
-            from weight_conversion.convert import convert_original_files
-
-            variables, config = convert_original_files(spec, path)
+            variables, config = conversion.convert_original_files(spec, path)
         elif os.path.isdir(path):
             variables, config = _load_folder(spec, path)
         elif os.path.isfile(path) and spec.original_files is not None:
@@ -155,7 +105,8 @@ def load(name: str, weights: str | os.PathLike | None = None, *, cache: bool = T
         variables=jax.tree.map(jnp.asarray, variables), config=config,
         input_size=spec.input_size, normalization=spec.normalization,
         default_layer=spec.default_layer, labels=labels,
-        layer_names=tuple(spec.layer_names_for(config) if spec.layer_names_for else spec.layer_names))
+        layer_names=tuple(spec.layer_names_for(config) if spec.layer_names_for else spec.layer_names),
+        layer_views=dict(spec.layer_views_for(config)) if spec.layer_views_for else {})
 
 
-__all__ = ["load", "get_spec", "available", "register_extra_models", "places365_labels"]
+__all__ = ["load", "get_spec", "available", "register_extra_models", "places365_labels", "EXTRA_MODELS_ENV"]

@@ -23,6 +23,7 @@ import jax
 
 from jaxdissect.models import registry
 from jaxdissect.models.layers import PixelNorm, UpsampleNearest2x, WScale, torch_padding
+from weight_conversion.keymaps import proggan as proggan_keymap
 
 CHANNELS_256 = (512, 512, 512, 256, 128, 64, 32)
 CHANNELS_1024 = (512, 512, 512, 512, 256, 128, 64, 32, 16)
@@ -35,9 +36,9 @@ def resolution(channels: Sequence[int]) -> int:
 
 
 def output_name(channels: Sequence[int]) -> str:
-    """Name of the output block, e.g. 'output_256x256' (as in the original)."""
-    r = resolution(channels)
-    return f"output_{r}x{r}"
+    """Name of the output block, e.g. 'output_256x256': the original checkpoint's key, which the
+    key map owns (keymaps.proggan.output_key)."""
+    return proggan_keymap.output_key(len(channels))
 
 
 def layer_names(channels: Sequence[int]) -> tuple[str, ...]:
@@ -114,7 +115,7 @@ def build(config: Mapping[str, Any]) -> ProgressiveGenerator:
     return ProgressiveGenerator(z_dim=int(config.get("z_dim", 512)), channels=channels)
 
 
-_config_from_torch, _convert = registry.lazy_keymap("proggan")
+KEYMAP = proggan_keymap.KEYMAP
 
 
 # Registered name suffix -> (checkpoint file stem, channels at 4x4, 8x8, ...).
@@ -142,8 +143,8 @@ SPECS = {
         layer_names_for=lambda config: layer_names(config["channels"]),
         url=f"https://dissect.csail.mit.edu/models/{stem}.pth",
         sha256_prefix=stem.rsplit("-", 1)[1],
-        config_from_torch=_config_from_torch,
-        convert=_convert,
+        config_from_torch=KEYMAP.config_from_torch,
+        convert=KEYMAP.convert,
     ))
     for domain, (stem, channels) in DOMAINS.items()
 }

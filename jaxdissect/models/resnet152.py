@@ -19,6 +19,7 @@ import jax
 
 from jaxdissect.models import registry
 from jaxdissect.models.layers import AvgPool, Identity, MaxPool, ReLU, torch_flatten, torch_padding
+from weight_conversion.keymaps import resnet152 as resnet152_keymap
 
 DEFAULT_BLOCKS = (3, 8, 36, 3)
 STAGE_NAMES = ("4", "5", "6", "7")
@@ -159,9 +160,7 @@ def build(config: Mapping[str, Any]) -> ResNet152:
                      width=int(config.get("width", 64)), blocks=blocks)
 
 
-_config_from_torch, _convert = registry.lazy_keymap("resnet152")
-
-
+KEYMAP = resnet152_keymap.keymap(STAGE_NAMES, DEFAULT_BLOCKS)
 
 SPEC = registry.register(registry.ModelSpec(
     name="resnet152_places",
@@ -175,6 +174,6 @@ SPEC = registry.register(registry.ModelSpec(
     labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/resnet152_places365-f928166e5c.pth",
     sha256_prefix="f928166e5c",
-    config_from_torch=_config_from_torch,
-    convert=_convert,
+    config_from_torch=KEYMAP.config_from_torch,
+    convert=KEYMAP.convert,
 ))

@@ -15,6 +15,9 @@ import os
 from typing import Any, Mapping
 
 from jaxdissect.models import registry
+from jaxdissect.segment import color, upp
+from jaxdissect.segment.merge import ensure_segmenter_files
+from weight_conversion.keymaps import segmenters as keymaps
 
 UPP_INPUT_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # inputs are 0..255 BGR less this mean, no std
 
@@ -22,43 +25,33 @@ UPP_INPUT_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # inputs are 0..255 BGR les
 def _files_folder(dirname: str, url: str, files, folder: str | os.PathLike | None) -> str:
     if folder is not None:
         return os.fspath(folder)
-    from jaxdissect.segment.merge import ensure_segmenter_files
-
     return ensure_segmenter_files(dirname, url, files)
 
 
 def upp_original_weights(folder: str | os.PathLike | None = None) -> tuple[Any, dict]:
     """(variables, config) from a folder of the original's UPP files (None: the cached download)."""
-    from jaxdissect.segment import upp
-    from weight_conversion.keymaps import segmenters as keymaps
-
     folder = _files_folder(upp.UPP_DIRNAME, upp.UPP_URL, upp.UPP_FILES, folder)
     enc, dec, labeldata = upp.read_model_folder(folder, upp.UPP_FILES)
-    config = keymaps.upp_config_from_torch(enc, dec, labeldata)
-    return keymaps.convert_upp(enc, dec, config), dataclasses.asdict(config)
+    config = dataclasses.asdict(upp.UPPConfig(**keymaps.upp_config_from_torch(enc, dec, labeldata)))
+    return keymaps.convert_upp(enc, dec, config), config
 
 
 def color_original_weights(folder: str | os.PathLike | None = None) -> tuple[Any, dict]:
     """(variables, config) from a folder of the original's color files (None: the cached download)."""
-    from jaxdissect.segment import color, upp
-    from weight_conversion.keymaps import segmenters as keymaps
-
     folder = _files_folder(color.COLOR_DIRNAME, color.COLOR_URL, color.COLOR_FILES, folder)
     enc, dec, _ = upp.read_model_folder(folder, color.COLOR_FILES)
-    config = keymaps.color_config_from_torch(enc, dec)
-    return keymaps.convert_color(enc, dec, config), dataclasses.asdict(config)
+    config = dataclasses.asdict(color.ColorConfig(**keymaps.color_config_from_torch(enc, dec)))
+    return keymaps.convert_color(enc, dec, config), config
 
 
-def build_upp(config: Mapping[str, Any]):
-    from jaxdissect.segment.upp import UPPConfig, UPPNet
+def build_upp(config: Mapping[str, Any]) -> upp.UPPNet:
+    """The UPP network for a config dict of UPPConfig's fields."""
+    return upp.UPPNet(upp.UPPConfig.from_dict(config))
 
-    return UPPNet(UPPConfig.from_dict(config))
 
-
-def build_color(config: Mapping[str, Any]):
-    from jaxdissect.segment.color import ColorConfig, ColorNet
-
-    return ColorNet(ColorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}))
+def build_color(config: Mapping[str, Any]) -> color.ColorNet:
+    """The color network for a config dict of ColorConfig's fields."""
+    return color.ColorNet(color.ColorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}))
 
 
 _ENCODER_LAYERS = tuple(f"encoder.layer{i}" for i in range(1, 5))

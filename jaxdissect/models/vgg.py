@@ -18,6 +18,7 @@ import jax
 
 from jaxdissect.models import registry
 from jaxdissect.models.layers import AdaptiveAvgPool, ConvReLU, DenseReLU, MaxPool, torch_flatten
+from weight_conversion.keymaps import vgg as vgg_keymap
 
 # (stage, number of convs, channels) of VGG16's five conv stages.
 STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -69,9 +70,7 @@ def build(config: Mapping[str, Any]) -> VGG16:
     return VGG16(num_classes=int(config.get("num_classes", 365)))
 
 
-_config_from_torch, _convert = registry.lazy_keymap("vgg")
-
-
+KEYMAP = vgg_keymap.keymap(STAGES)
 
 SPEC = registry.register(registry.ModelSpec(
     name="vgg16_places",
@@ -85,6 +84,6 @@ SPEC = registry.register(registry.ModelSpec(
     labels=registry.places365_labels,
     url="https://dissect.csail.mit.edu/models/vgg16_places365-0bafbc55.pth",
     sha256_prefix="0bafbc55",
-    config_from_torch=_config_from_torch,
-    convert=_convert,
+    config_from_torch=KEYMAP.config_from_torch,
+    convert=KEYMAP.convert,
 ))

@@ -62,13 +62,16 @@ def _text(parent: ET.Element, text: str, x: float, y: float, size: float, anchor
 
 def concept_bargraph_svg(unit_labels: Iterable[tuple[str, str, float]], min_iou: float = 0.04,
                          category_order: Sequence[str] = CATEGORY_ORDER, barheight: int = 80,
-                         barwidth: int = 12) -> str:
+                         barwidth: int = 12, scale: float = 1.4) -> str:
     """SVG bar graph of units per concept among units whose best IoU exceeds `min_iou`.
 
     `unit_labels` holds one (label, category, iou) per unit. A pale rectangle per category with
     the caption "N objects" (N = distinct concepts), a dark bar per concept, labels at -45 degrees
-    below, a left axis with ticks at 1, (max+1)//2 and max and the word "units".
+    below, a left axis with ticks at 1, (max+1)//2 and max and the word "units". The drawing is
+    `scale` times its natural size (width/height attributes; the viewBox keeps the geometry). The
+    label '-' (no concept) is never a bar.
     """
+    unit_labels = [u for u in unit_labels if not (isinstance(u, (tuple, list)) and len(u) == 3 and u[0] == "-")]
     bars, cats = count_concepts(unit_labels, min_iou, category_order)
     heights = [n for _, _, n in bars]
     top = max(heights, default=1)
@@ -77,10 +80,13 @@ def concept_bargraph_svg(unit_labels: Iterable[tuple[str, str, float]], min_iou:
     gap = barwidth / 4
     textsize = int(barwidth + gap / 2)
     textmargin = labelsize * 2 / 3
-    leftmargin, rightmargin = 32, 8
-    # Room below the bars for the rotated labels (at least the original's barheight).
+    topmargin = math.ceil(textsize * 0.6)  # room for the top tick's glyphs above the bars
+    # The axis: ticks right-aligned left of the bars, the word "units" left of the widest tick.
+    tick_width = len(str(top)) * textsize * 0.62
+    leftmargin, rightmargin = math.ceil(gap + tick_width + textsize * 1.6), 8
+    # Room below the bars for the rotated labels.
     longest = max((len(label) for label, _, _ in bars), default=0)
-    textheight = max(barheight, math.ceil(longest * labelsize * 0.6 / math.sqrt(2) + textmargin + 4))
+    textheight = max(textsize * 2, math.ceil(longest * labelsize * 0.6 / math.sqrt(2) + textmargin + 4))
     # Widen the left margin when the first labels, hanging down-left, would start before x = 0.
     char_w = labelsize * 0.6 / math.sqrt(2)
     overhang = max(len(label) * char_w - (leftmargin + i * (barwidth + gap) + barwidth)
@@ -88,13 +94,14 @@ def concept_bargraph_svg(unit_labels: Iterable[tuple[str, str, float]], min_iou:
     width = len(bars) * (barwidth + gap) + 2 * leftmargin + rightmargin
     extra = max(0, math.ceil(overhang) + 2)
     leftmargin, width = leftmargin + extra, width + extra
-    height = barheight + textheight
-    basey = height - textheight
+    height = topmargin + barheight + textheight
+    basey = topmargin + barheight
 
     if not bars:  # room for the one-line message instead of bars
         width = max(width, leftmargin + math.ceil(textsize * 0.6 * 24) + rightmargin)
     svg = ET.Element("svg", xmlns="http://www.w3.org/2000/svg", version="1.1",
-                     width=f"{width:.6g}", height=f"{height:.6g}", viewBox=f"0 0 {width:.6g} {height:.6g}")
+                     width=f"{width * scale:.6g}", height=f"{height * scale:.6g}",
+                     viewBox=f"0 0 {width:.6g} {height:.6g}")
     ET.SubElement(svg, "title").text = f"units per concept (IoU > {min_iou:.6g})"
     if not bars:
         _text(svg, f"no unit has IoU > {min_iou:.6g}", leftmargin, basey - barheight / 2, textsize,
@@ -104,9 +111,10 @@ def concept_bargraph_svg(unit_labels: Iterable[tuple[str, str, float]], min_iou:
     x = leftmargin
     axis = ET.SubElement(svg, "g", {"class": "axis"})
     for h in sorted({1, (top + 1) // 2, top}):
-        _text(axis, str(h), x - gap, basey - h * unit_h, textsize, "end",
-              **{"dominant-baseline": "hanging", "class": "tick"})
-    _text(axis, "units", x - gap - textsize, basey - top * unit_h / 2, textsize, "middle", rotate=-90)
+        # baseline a cap height below the tick's bar height, so the number sits on its level
+        _text(axis, str(h), x - gap, basey - h * unit_h + textsize * 0.7, textsize, "end", **{"class": "tick"})
+    _text(axis, "units", x - gap - tick_width - textsize * 0.35, basey - top * unit_h / 2, textsize, "middle",
+          rotate=-90, **{"class": "axis-title"})
 
     color = {c: PALETTE[i % len(PALETTE)] for i, (c, _) in enumerate(cats)}
     backgrounds = ET.SubElement(svg, "g", {"class": "categories"})

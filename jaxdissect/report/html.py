@@ -49,7 +49,7 @@ def _header_details_html(header: dict) -> str:
     """The header's other fields (model, layer, samples, ...): scalars inline, lists and dicts folded."""
     items, folded = [], []
     for key, value in header.items():
-        if key in ("name", "image"):
+        if key in ("name", "image", "subtitle", "seg_description"):
             continue
         value = to_json_value(value)
         if isinstance(value, (dict, list)):
@@ -61,6 +61,71 @@ def _header_details_html(header: dict) -> str:
             items.append(f"<span><b>{html.escape(str(key))}</b> {html.escape(str(value))}</span>")
     inline = f'<p class="details">{" ".join(items)}</p>' if items else ""
     return inline + "".join(folded)
+
+
+def _bargraph_caption(header: dict, units: list) -> str:
+    """What the bar graph counts, with this layer's numbers."""
+    miniou = header.get("miniou")
+    if not isinstance(miniou, (int, float)):
+        return ""
+    ious = [u.get("iou") for u in units]
+    labelled = sum(1 for v in ious if isinstance(v, (int, float)) and v > miniou)
+    dead = sum(1 for u in units if u.get("label") == "-" or u.get("iou") == 0)
+    return (f'<p class="caption">Units per concept: how many of the layer\'s units have each concept as their label '
+            f"with IoU &gt; {miniou:g}, grouped by category (the caption of each group counts its concepts). "
+            f"{labelled} of {len(units)} units are labelled; {dead} overlap no concept at all.</p>")
+
+
+def legend_html(header: dict) -> str:
+    """What a reader needs to read the cards: what a unit, its images, its outline, its label and
+    IoU are, with this run's numbers (quantile, threshold, IoU cut-off) where the header has them."""
+    h = {k: to_json_value(v) for k, v in header.items()}
+    layer = html.escape(str(h.get("layer", "the layer")))
+    samples = h.get("samples")
+    n_images = f"{samples:,} images" if isinstance(samples, int) else "the dataset's images"
+    q = h.get("quantile")
+    shown = h.get("top_images", 5)
+    miniou = h.get("miniou")
+    seg = html.escape(str(h.get("seg_description") or h.get("seg") or "the segmentation"))
+    on = (f"its top {q * 100:g}% of activations over all {n_images} (threshold = the exact {1 - q:g} quantile of "
+          "the unit's activations, upsampled to the segmentation grid; each card shows it)" if isinstance(q, (int, float))
+          else "above its threshold")
+    labelled = (f"A unit counts as <b>labelled</b> when its IoU exceeds {miniou:g}; below that the card is greyed "
+                "and marked <span class=\"status unlabelled\">unlabelled</span>" if isinstance(miniou, (int, float))
+                else "Greyed cards are unlabelled")
+    items = [
+        f"<dt>Unit</dt><dd>one channel of layer <b>{layer}</b> (numbered from 0): a feature map the network "
+        "computes at every position of the image.</dd>",
+        f"<dt>Images</dt><dd>the {shown} images (of {n_images}) where the unit's strongest activation is highest, "
+        "best first.</dd>",
+        f"<dt>Outline</dt><dd>where the unit is <b>on</b>: {on}; the yellow line surrounds that region and the rest "
+        "of the image is dimmed.</dd>",
+        f"<dt>Label and IoU</dt><dd>the concept whose pixels (from {seg}) best coincide with the unit's <b>on</b> "
+        "region over the whole dataset, scored by IoU = pixels where both hold / pixels where either holds (0: no "
+        f"overlap, 1: the same region). The runner-up concepts follow after 'also'. {labelled}; a unit whose IoU is "
+        "0 with every concept shows <span class=\"status dead\">no label</span> and the label '-'.</dd>",
+    ]
+    rule = h.get("label_rule")
+    rules = {"iou-best": "each concept's IoU at its own best threshold (of the levels below)",
+             "iqr": "the information quality ratio (mutual information / joint entropy) of unit and concept at the "
+                    "concept's best threshold",
+             "mi": "the mutual information of unit and concept at the concept's best threshold"}
+    if rule in rules:
+        items.append(f"<dt>Rule</dt><dd>labels here are chosen by <b>{html.escape(rule)}</b>: {rules[rule]}; the IoU "
+                     "shown is that concept's at the chosen threshold.</dd>")
+    if isinstance(h.get("levels"), list) and len(h["levels"]) > 1:
+        items.append("<dt>Curve</dt><dd>the IoU of the unit's top concepts (colours as named) at each of "
+                     f"{len(h['levels'])} thresholds, from the unit's top 50% of activations (left) to its top 0.05% "
+                     "(right); the grey line marks this run's threshold.</dd>")
+    if h.get("formula_length"):
+        items.append(f"<dt>Formula</dt><dd>the best combination of up to {h['formula_length']} concepts with AND, OR, "
+                     "AND NOT (a beam search), scored by the same IoU over the dataset.</dd>")
+    if h.get("clip_model"):
+        items.append(f"<dt>CLIP</dt><dd>an open-vocabulary name: of {h.get('clip_concepts', 'the')} candidate phrases, "
+                     f"the one whose {html.escape(str(h['clip_model']))} image-text similarity over the images best "
+                     f"matches the unit's activations ({html.escape(str(h.get('clip_method')))}).</dd>")
+    return "<section class=\"legend\" id=\"legend\"><h2>How to read this page</h2><dl>" + "".join(items) + \
+        "</dl></section>"
 
 
 def _sections_html(sections) -> str:
@@ -85,7 +150,8 @@ def render_report_html(report: dict, title: str, svg: str | None = None, directo
     header = dict(report.get("header") or {})
     name = str(header.get("name") or title)
     n = len(report["units"])
-    subtitle = f"{title} \u2014 {n} unit{'' if n == 1 else 's'}" if title != name else f"{n} units"
+    subtitle = str(header.get("subtitle") or (f"{title} \u2014 {n} unit{'' if n == 1 else 's'}" if title != name
+                                              else f"{n} units"))
     data = {"header": header, "units": report["units"],
             "category_order": list(report.get("category_order", CATEGORY_ORDER))}
     values = {
@@ -93,7 +159,8 @@ def render_report_html(report: dict, title: str, svg: str | None = None, directo
         "name": html.escape(name),
         "subtitle": html.escape(subtitle),
         "details": _header_details_html(header),
-        "bargraph": _bargraph_html(report, directory, svg),
+        "legend": legend_html(header) if "layer" in header else "",
+        "bargraph": _bargraph_html(report, directory, svg) + _bargraph_caption(header, report["units"]),
         "sections": _sections_html(report.get("sections")),
         "data": script_json(data),
     }

@@ -1,13 +1,24 @@
 """A Broden-style folder as a ground-truth segmentation source (human labels, NetDissect style).
 
-Layout: index.csv (image, split, ih, iw, sh, sw, then one column per category: ';'-separated PNG
-mask files for pixel categories, or label numbers for whole-image ones such as scene/texture),
-label.csv (number, name, category such as 'object(12);part(3)', ...), and images/ holding the
-images and masks; a mask pixel's label is red + 256 * green. Label 0 is 'no label'.
+Layout (as NetDissect-Lite reads it):
+- index.csv: image, split, ih, iw (image size), sh, sw (mask size), then one column per category
+  (Broden: color, object, part, material, scene, texture) whose cells list ';'-separated mask
+  PNGs (pixel categories) or label numbers (whole-image categories such as scene and texture);
+- label.csv: number, name, category ('object(12);part(3)': the categories the label occurs in,
+  with image counts), frequency, coverage, syns;
+- c_<category>.csv (optional): code, number, name, frequency, coverage per category;
+- category.csv (optional): name, first, last, count, frequency;
+- images/: the images and masks; a mask pixel's label number is red + 256 * green; 0 = none.
 
-Since the labels come with the data, this source segments dataset items, not arbitrary pixels:
-`segment_indices(indices, downsample)` returns the same (N, L, H/ds, W/ds) int32 maps that a
-Segmenter's `segment(images, downsample)` returns for those items' images.
+Conventions follow NetDissect-Lite: categories in category.csv order (unless chosen); a label's
+category is the one where it covers most (c_<category>.csv coverage; without those files, the
+one with the largest image count in label.csv); images with no data in any chosen category are
+left out. Masks are at (sh, sw) and are scaled to the image size by nearest neighbour.
+
+Channels are laid out per category: category c gets as many channels as the most masks (or
+whole-image labels) any image has in it, in category order, zero ('no label') where an image
+has fewer. `segment_indices(indices, downsample)` returns the same (N, L, H/ds, W/ds) int32 maps
+that a Segmenter's `segment(images, downsample)` returns for those items' images.
 """
 from __future__ import annotations
 
@@ -25,21 +36,23 @@ INDEX_FIXED = ("image", "split", "ih", "iw", "sh", "sw")
 WHOLE_IMAGE_CATEGORIES = ("scene", "texture")
 
 
-def _read_csv(path: str) -> list[dict]:
+def _read_csv(path: str, required: bool = True) -> list[dict] | None:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Broden folder lacks {path!r}")
+        if required:
+            raise FileNotFoundError(f"Broden folder lacks {path!r}")
+        return None
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _primary_category(field: str, known: Sequence[str]) -> str:
-    """'object(12);part(3)' -> the category with the largest count (the first on ties)."""
-    best, best_n = "-", -1
-    for item in filter(None, field.split(";")):
+def _category_counts(field: str) -> dict[str, int]:
+    """'object(12);part(3)' -> {'object': 12, 'part': 3} (a bare name counts 0)."""
+    out = {}
+    for item in filter(None, (field or "").split(";")):
         m = re.fullmatch(r"\s*([^()]+?)\s*(?:\((\d+)\))?\s*", item)
-        if m and m.group(1) in known and int(m.group(2) or 0) > best_n:
-            best, best_n = m.group(1), int(m.group(2) or 0)
-    return best
+        if m:
+            out[m.group(1)] = int(m.group(2) or 0)
+    return out
 
 
 def decode_mask(path: str) -> np.ndarray:
@@ -50,6 +63,17 @@ def decode_mask(path: str) -> np.ndarray:
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read Broden mask {path!r}: {e}") from None
     return a[..., 0] + 256 * a[..., 1]
+
+
+def encode_mask(labels: np.ndarray) -> np.ndarray:
+    """int label ids (H, W) -> uint8 RGB (H, W, 3) with red = id % 256, green = id // 256."""
+    labels = np.asarray(labels)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= 256 * 256:
+        raise ValueError(f"Broden mask labels must be in [0, 65536), got {labels.min()} .. {labels.max()}")
+    out = np.zeros(labels.shape + (3,), np.uint8)
+    out[..., 0] = labels % 256
+    out[..., 1] = labels // 256
+    return out
 
 
 def _nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -65,42 +89,71 @@ class BrodenSegmentation:
     def __init__(self, directory: str | os.PathLike, categories: Sequence[str] | None = None,
                  split: str | None = None, image_size: tuple[int, int] | None = None):
         self.directory = os.fspath(directory)
-        rows = _read_csv(os.path.join(self.directory, "index.csv"))
+        index_path = os.path.join(self.directory, "index.csv")
+        rows = _read_csv(index_path)
         if not rows:
-            raise ValueError(f"{os.path.join(self.directory, 'index.csv')!r} lists no images")
+            raise ValueError(f"{index_path!r} lists no images")
         columns = list(rows[0].keys())
         missing = [c for c in INDEX_FIXED if c not in columns]
         if missing:
-            raise ValueError(f"index.csv lacks the column(s) {missing}; it has {columns}")
+            raise ValueError(f"{index_path!r} lacks the column(s) {missing}; it has {columns}")
         available = [c for c in columns if c not in INDEX_FIXED]
+        listed = _read_csv(os.path.join(self.directory, "category.csv"), required=False)
         if categories is None:
-            categories = available
+            order = [r.get("name") for r in listed or []]
+            categories = [c for c in order if c in available] + [c for c in available if c not in order]
         unknown = [c for c in categories if c not in available]
         if unknown:
             raise ValueError(f"unknown Broden categories {unknown}; this folder has {available}")
         self.categories = tuple(categories)
-        self.records = [r for r in rows if split is None or r["split"] == split]
+        records = [r for r in rows if split is None or r["split"] == split]
+        self.records = [r for r in records if any(self.items(r, c) for c in self.categories)]
         if not self.records:
-            raise ValueError(f"no images of split {split!r} in {self.directory!r}")
-        self.image_size = tuple(image_size) if image_size else None
-        label_rows = _read_csv(os.path.join(self.directory, "label.csv"))
-        numbers = {}
-        for r in label_rows:
+            raise ValueError(f"no images of split {split!r} with data in {list(self.categories)} in {self.directory!r}")
+        for r in self.records:
             try:
-                numbers[int(r["number"])] = (r["name"], _primary_category(r.get("category", ""), self.categories))
-            except (KeyError, ValueError):
-                raise ValueError(f"label.csv row {r} has no integer 'number' / 'name'") from None
+                r["_size"] = (int(r["ih"]), int(r["iw"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{index_path!r}: image {r.get('image')!r} has no integer ih/iw") from None
+        self.image_size = tuple(image_size) if image_size else None
+        self.labels = self._read_labels()
+        self.slots = {c: max(len(self.items(r, c)) for r in self.records) for c in self.categories}
+        self.num_channels = max(1, sum(self.slots.values()))
+
+    def _read_labels(self) -> SegmentLabels:
+        label_path = os.path.join(self.directory, "label.csv")
+        numbers = {}
+        for r in _read_csv(label_path):
+            try:
+                numbers[int(r["number"])] = (r["name"], _category_counts(r.get("category", "")))
+            except (KeyError, ValueError, TypeError):
+                raise ValueError(f"{label_path!r}: row {r} has no integer 'number' / 'name'") from None
+        coverage = {}  # (category, number) -> coverage, from c_<category>.csv where present
+        for cat in self.categories:
+            for r in _read_csv(os.path.join(self.directory, f"c_{cat}.csv"), required=False) or []:
+                try:
+                    coverage[cat, int(r["number"])] = float(r.get("coverage") or 0.0)
+                except (KeyError, ValueError):
+                    raise ValueError(f"c_{cat}.csv row {r} has no integer 'number'") from None
         size = max(numbers, default=0) + 1
         names, cats = ["-"] * size, ["-"] * size
-        for n, (name, cat) in numbers.items():
-            if n:
-                names[n], cats[n] = name, cat
-        self.labels = SegmentLabels(tuple(names), tuple(cats), self.categories)
-        self.num_channels = max(sum(len(self._items(r, c)) for c in self.categories) for r in self.records) or 1
+        for n, (name, counts) in numbers.items():
+            if not n:
+                continue
+            names[n] = name
+            mine = [c for c in self.categories if c in counts]
+            if mine:
+                if any((c, n) in coverage for c in mine):
+                    score = lambda c: coverage.get((c, n), 0.0)  # noqa: E731
+                else:
+                    score = lambda c: counts[c]  # noqa: E731
+                cats[n] = max(mine, key=lambda c: (score(c), -mine.index(c)))  # ties: the first category
+        return SegmentLabels(tuple(names), tuple(cats), self.categories)
 
     @staticmethod
-    def _items(record: dict, category: str) -> list[str]:
-        return [v for v in (record.get(category) or "").split(";") if v]
+    def items(record: dict, category: str) -> list[str]:
+        """The mask files or label numbers listed for `category` in an index.csv record."""
+        return [v.strip() for v in (record.get(category) or "").split(";") if v.strip()]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -109,11 +162,10 @@ class BrodenSegmentation:
         return os.path.join(self.directory, "images", name)
 
     def _size(self, i: int) -> tuple[int, int]:
-        r = self.records[i]
-        return self.image_size or (int(r["ih"]), int(r["iw"]))
+        return self.image_size or self.records[i]["_size"]
 
-    def image(self, i: int) -> np.ndarray:
-        """Item i's image, float32 (H, W, 3) in [-1, 1] (resized to image_size when given)."""
+    def image_uint8(self, i: int) -> np.ndarray:
+        """Item i's image, uint8 (H, W, 3) RGB (resized bilinearly to image_size when given)."""
         path = self._path(self.records[i]["image"])
         try:
             with Image.open(path) as im:
@@ -121,28 +173,33 @@ class BrodenSegmentation:
                 h, w = self._size(i)
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float32)
+                return np.asarray(im, dtype=np.uint8)
         except OSError as e:
             raise ValueError(f"cannot read Broden image {path!r}: {e}") from None
-        return a / 127.5 - 1.0
+
+    def image(self, i: int) -> np.ndarray:
+        """Item i's image, float32 (H, W, 3) in [-1, 1]."""
+        return self.image_uint8(i).astype(np.float32) / 127.5 - 1.0
 
     def segmentation(self, i: int, downsample: int = 1) -> np.ndarray:
-        """Item i's labels, int32 (num_channels, H // ds, W // ds): one channel per mask file or
-        whole-image label, in category order, zero-padded to the same count for every item."""
+        """Item i's labels, int32 (num_channels, H // ds, W // ds), channels laid out per category."""
         h, w = self._size(i)
         size = (h // downsample, w // downsample)
         out = np.zeros((self.num_channels,) + size, np.int32)
         k = 0
         for cat in self.categories:
-            for item in self._items(self.records[i], cat):
-                if cat in WHOLE_IMAGE_CATEGORIES or item.strip().isdigit():
-                    out[k] = int(item)
+            for j, item in enumerate(self.items(self.records[i], cat)):
+                if item.isdigit():
+                    out[k + j] = int(item)
+                elif cat in WHOLE_IMAGE_CATEGORIES:
+                    raise ValueError(f"index.csv: {cat} of image {self.records[i]['image']!r} is {item!r}, "
+                                     "not a label number")
                 else:
-                    out[k] = _nearest(decode_mask(self._path(item)), size)
-                    if out[k].max() >= len(self.labels):
-                        raise ValueError(f"mask {self._path(item)!r} holds label {out[k].max()}, "
-                                         f"past the {len(self.labels)} labels of label.csv")
-                k += 1
+                    out[k + j] = _nearest(decode_mask(self._path(item)), size)
+                if out[k + j].max() >= len(self.labels):
+                    raise ValueError(f"{item!r} of image {self.records[i]['image']!r} holds label "
+                                     f"{out[k + j].max()}, past the {len(self.labels)} labels of label.csv")
+            k += self.slots[cat]
         return out
 
     def segment_indices(self, indices: Sequence[int], downsample: int = 1) -> np.ndarray:

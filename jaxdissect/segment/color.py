@@ -17,6 +17,7 @@ import numpy as np
 from jaxdissect.segment.base import SegmentLabels
 from jaxdissect.segment.prroi import adaptive_avg_pool2d, resize_bilinear
 from jaxdissect.segment.upp import ConvBN, DeepStemResNet, _check_images, batchnorm, conv, read_model_folder
+from weight_conversion.keymaps import segmenters as keymaps
 
 COLOR_URL = "https://dissect.csail.mit.edu/models/segmodel/color-resnet18dilated-ppm_deepsup/"
 COLOR_FILES = ("encoder_epoch_20.pth", "decoder_epoch_20.pth", "labels.json")
@@ -245,10 +246,8 @@ class SemanticSegmenter:
     def from_state_dicts(cls, encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray],
                          meta: Mapping[str, Any], **kwargs) -> "SemanticSegmenter":
         """From the original's encoder/decoder state dicts (numpy arrays) and labels.json data."""
-        from weight_conversion.keymaps import segmenters as keymaps
-
-        config = keymaps.color_config_from_torch(encoder, decoder)
-        return cls(keymaps.convert_color(encoder, decoder, config), meta, config, **kwargs)
+        config = ColorConfig(**keymaps.color_config_from_torch(encoder, decoder))
+        return cls(keymaps.convert_color(encoder, decoder, dataclasses.asdict(config)), meta, config, **kwargs)
 
     @classmethod
     def from_directory(cls, directory: str | os.PathLike, **kwargs) -> "SemanticSegmenter":

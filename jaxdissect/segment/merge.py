@@ -66,7 +66,7 @@ def ensure_segmenter_files(dirname: str, base_url: str, files: Sequence[str],
     folder = os.path.join(os.fspath(weights_dir), dirname)
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
-        from weight_conversion.download import download
+        from weight_conversion.downloads import download
 
         for f in missing:
             download(base_url + f, os.path.join(folder, f))

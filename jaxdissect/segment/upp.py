@@ -22,6 +22,8 @@ import numpy as np
 from jaxdissect.segment.base import SegmentLabels
 from jaxdissect.segment.prroi import adaptive_avg_pool2d, prroi_pool_full, resize_bilinear
 from jaxdissect.segment.quad import quad_divide
+from weight_conversion import read_pth
+from weight_conversion.keymaps import segmenters as keymaps
 
 UPP_URL = "https://dissect.csail.mit.edu/models/segmodel/upp-resnet50-upernet/"
 UPP_FILES = ("encoder_epoch_40.pth", "decoder_epoch_40.pth", "labels.json")
@@ -418,10 +420,8 @@ class UnifiedParsingSegmenter:
     def from_state_dicts(cls, encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray],
                          labeldata: Mapping[str, Any], **kwargs) -> "UnifiedParsingSegmenter":
         """From the original's encoder/decoder state dicts (numpy arrays) and labels.json data."""
-        from weight_conversion.keymaps import segmenters as keymaps
-
-        config = keymaps.upp_config_from_torch(encoder, decoder, labeldata)
-        variables = keymaps.convert_upp(encoder, decoder, config)
+        config = UPPConfig(**keymaps.upp_config_from_torch(encoder, decoder, labeldata))
+        variables = keymaps.convert_upp(encoder, decoder, dataclasses.asdict(config))
         return cls(variables, labeldata, config, **kwargs)
 
     @classmethod
@@ -493,7 +493,6 @@ def _check_images(images) -> None:
 
 def read_model_folder(directory: str | os.PathLike, files: Sequence[str]):
     """Read (encoder state dict, decoder state dict, labels.json) from a segmenter folder."""
-    from weight_conversion import read_pth
 
     directory = os.fspath(directory)
     missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]

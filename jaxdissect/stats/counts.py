@@ -137,3 +137,30 @@ def _iou_update(state: IoUTally, indicator, labels, mask) -> IoUTally:
         area = area + jnp.bincount(lab[:, c], length=num_labels + 1)[:num_labels].astype(jnp.int32)
     return IoUTally(unit_area=state.unit_area + ind.sum(0), label_area=area, intersection=inter,
                     pixels=state.pixels + valid_px.sum(dtype=jnp.int32))
+
+
+@struct.dataclass
+class UnitCounts:
+    """Per-unit counts of flagged samples (e.g. samples where a unit is NaN or infinite)."""
+
+    counts: jax.Array  # (units,) int32 flagged rows per unit
+    rows: jax.Array  # () int32 rows seen
+
+    @classmethod
+    def create(cls, num_units: int) -> "UnitCounts":
+        return cls(counts=jnp.zeros((num_units,), jnp.int32), rows=jnp.zeros((), jnp.int32))
+
+    def update(self, flags: jax.Array, mask: jax.Array | None = None) -> "UnitCounts":
+        """Add flags (samples, units) bool; rows where mask is False are ignored."""
+        flags = jnp.asarray(flags, bool)
+        if flags.ndim != 2 or flags.shape[1] != self.counts.shape[0]:
+            raise ValueError(f"UnitCounts.update: flags must be (samples, {self.counts.shape[0]}), got {flags.shape}")
+        m = row_mask(mask, flags.shape[0])
+        return UnitCounts(counts=self.counts + (flags & m[:, None]).sum(0, dtype=jnp.int32),
+                          rows=self.rows + m.sum(dtype=jnp.int32))
+
+    def merge(self, other: "UnitCounts") -> "UnitCounts":
+        return jax.tree.map(jnp.add, self, other)
+
+    def all_reduce(self, axis_name) -> "UnitCounts":
+        return jax.tree.map(lambda a: jax.lax.psum(a, axis_name), self)

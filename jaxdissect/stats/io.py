@@ -14,6 +14,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdissect.atomic import atomic_directory, existing_version
+from jaxdissect.stats.agreement import MaskAgreement
+from jaxdissect.stats.counts import Bincount, IoUTally, UnitCounts
+from jaxdissect.stats.formula_tally import FormulaTally
+from jaxdissect.stats.moments import CrossCovariance, Moments
+from jaxdissect.stats.quantile import QuantileSketch
+from jaxdissect.stats.refine import QuantileRefinement
+from jaxdissect.stats.thresholds import MultiThresholdTally
+from jaxdissect.stats.topk import TopK
 
 _META = "meta.json"
 _ARRAYS = "arrays"
@@ -27,19 +35,34 @@ def local_checkpointer() -> ocp.StandardCheckpointer:
     return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
-def _classes() -> dict:
-    from jaxdissect.stats import counts, moments, quantile, topk
+_STATE_CLASSES = {c.__name__: c for c in (QuantileSketch, TopK, Moments, CrossCovariance, Bincount, IoUTally,
+                                          QuantileRefinement, UnitCounts, MaskAgreement, MultiThresholdTally,
+                                          FormulaTally)}
 
-    return {c.__name__: c for c in (quantile.QuantileSketch, topk.TopK, moments.Moments,
-                                    moments.CrossCovariance, counts.Bincount, counts.IoUTally)}
+
+def register_state_class(cls: type) -> type:
+    """Let `save`/`load` handle another statistics state class (a flax.struct.dataclass)."""
+    _STATE_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _classes() -> dict:
+    return _STATE_CLASSES
+
+
+def is_state(value) -> bool:
+    """True for an instance of a registered statistics state class."""
+    return type(value).__name__ in _STATE_CLASSES and isinstance(value, _STATE_CLASSES[type(value).__name__])
 
 
 def _split_fields(state):
+    """(array fields, static fields); array fields that are None (e.g. an absent payload) are left out."""
     arrays, static = {}, {}
     for f in dataclasses.fields(state):
         value = getattr(state, f.name)
         if f.metadata.get("pytree_node", True):
-            arrays[f.name] = np.asarray(jax.device_get(value))
+            if value is not None:
+                arrays[f.name] = np.asarray(jax.device_get(value))
         else:
             static[f.name] = value
     return arrays, static

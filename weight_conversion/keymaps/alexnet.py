@@ -6,6 +6,7 @@ Keys 'convN.weight/bias' -> params/convN/conv (grouped kernels keep their (I/gro
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,12 +21,10 @@ def config_from_torch(state: Mapping[str, np.ndarray]) -> dict:
     return {"num_classes": int(common.require(state, "fc8.weight", MODEL, ndim=2).shape[0])}
 
 
-def entries(config: Mapping[str, Any]) -> list[common.Entry]:
+def entries(config: Mapping[str, Any], convs: Mapping[str, tuple]) -> list[common.Entry]:
     """Every checkpoint key of the model with its expected shape and Flax destination."""
-    from jaxdissect.models.alexnet import CONVS
-
     out, in_ch = [], 3
-    for name, (ch, k, _, _, groups) in CONVS.items():
+    for name, (ch, k, _, _, groups) in convs.items():
         out += common.conv(name, (name, "conv"), ch, in_ch, k, groups=groups)
         in_ch = ch
     out += common.linear("fc6", ("fc6", "fc"), 4096, 256 * 6 * 6)
@@ -34,6 +33,12 @@ def entries(config: Mapping[str, Any]) -> list[common.Entry]:
     return out
 
 
-def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
+def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any], convs: Mapping[str, tuple]) -> dict:
     """The Flax variables {'params': ...} of AlexNet from a PyTorch state dict."""
-    return common.apply_keymap(state, entries(config), MODEL)
+    return common.apply_keymap(state, entries(config, convs), MODEL)
+
+
+def keymap(convs: Mapping[str, tuple]) -> common.KeyMap:
+    """The key map bound to the model's conv layout."""
+    return common.KeyMap(config_from_torch, functools.partial(entries, convs=convs),
+                         functools.partial(convert, convs=convs))

@@ -1,7 +1,8 @@
 """Key-map helpers: a key map is a list of `Entry`s (checkpoint key, expected PyTorch shape,
 destination in the Flax variables, layout change). `apply_keymap` checks every key and shape
 first and raises one KeyMapError naming every missing, unexpected and mis-shaped key; only then
-does it build the nested {'params': ..., 'batch_stats': ...} tree of float32 numpy arrays."""
+does it build the nested {'params': ..., 'batch_stats': ...} tree of float32 numpy arrays.
+A family's `KeyMap` is its three functions bound to the architecture facts the model passes in."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,15 @@ class Entry:
     shape: tuple[int, ...]  # the shape the model expects, in PyTorch layout
     target: tuple[str, ...]  # ('params', 'features', 'conv1_1', 'conv', 'kernel')
     transform: Callable[[np.ndarray], np.ndarray] = same
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMap:
+    """A model family's key map, bound to the architecture facts its model module passed in."""
+
+    config_from_torch: Callable[[Mapping[str, np.ndarray]], dict]  # state dict -> module config
+    entries: Callable[[Mapping[str, Any]], list[Entry]]  # config -> every expected checkpoint key
+    convert: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict]  # (state, config) -> variables
 
 
 def conv(key: str, path: Sequence[str], out_ch: int, in_ch: int, k: int, *, groups: int = 1,

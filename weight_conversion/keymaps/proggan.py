@@ -4,7 +4,9 @@ Keys 'layerN.conv.weight' -> params/layerN/conv/kernel (OIHW -> HWIO), 'layerN.w
 params/layerN/wscale/b, and the same for the output block 'output_RxR'. The sizes come from the
 checkpoint like the original's sizes_from_state_dict: z_dim = layer1's in-channels, and the width
 at each resolution = the out-channels of layer1, layer3, layer5, ... Checkpoints in the older
-naming ('features.N.*', 'output.*') are renamed first, as the original does.
+naming ('features.N.*', 'output.*') are renamed first, as the original does. The output block's
+key 'output_RxR' (R = 4 * 2**(widths - 1)) is the checkpoint's own naming; the converted tree is
+checked against the module afterwards (jaxdissect.models.conversion).
 """
 from __future__ import annotations
 
@@ -27,19 +29,25 @@ def _count(state: Mapping[str, Any], key_format: str, start: int) -> int:
     return n
 
 
+def output_key(n_resolutions: int) -> str:
+    """The output block's name for `n_resolutions` widths (4x4 .. RxR): 'output_RxR'."""
+    res = 4 * 2 ** (n_resolutions - 1)
+    return f"output_{res}x{res}"
+
+
 def rename_old_keys(state: Mapping[str, Any]) -> dict:
     """'features.N.x' -> 'layer<N+1>.x' and 'output.x' -> 'output_RxR.x'; other states unchanged."""
     if "features.0.conv.weight" not in state:
         return dict(state)
     n = _count(state, "features.{}.conv.weight", 0)
-    res = 4 * 2 ** (n // 2 - 1)
+    output = output_key(n // 2)
     out = {}
     for k, v in state.items():
         m = _OLD.match(k)
         if m:
             k = f"layer{int(m.group(1)) + 1}.{m.group(2)}"
         elif k.startswith("output."):
-            k = f"output_{res}x{res}." + k[len("output."):]
+            k = f"{output}." + k[len("output."):]
         out[k] = v
     return out
 
@@ -56,8 +64,6 @@ def config_from_torch(state: Mapping[str, np.ndarray]) -> dict:
 
 def entries(config: Mapping[str, Any]) -> list[common.Entry]:
     """Every checkpoint key of the generator with its expected shape and Flax destination."""
-    from jaxdissect.models.proggan import output_name
-
     channels = [int(c) for c in config["channels"]]
     prev, out = int(config["z_dim"]), []
 
@@ -72,10 +78,13 @@ def entries(config: Mapping[str, Any]) -> list[common.Entry]:
         block(f"layer{2 * j + 3}", c, prev, 3)
         block(f"layer{2 * j + 4}", c, c, 3)
         prev = c
-    block(output_name(channels), 3, prev, 1)
+    block(output_key(len(channels)), 3, prev, 1)
     return out
 
 
 def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
     """The Flax variables {'params': ...} of a ProgressiveGenerator from a PyTorch state dict."""
     return common.apply_keymap(rename_old_keys(state), entries(config), MODEL)
+
+
+KEYMAP = common.KeyMap(config_from_torch, entries, convert)

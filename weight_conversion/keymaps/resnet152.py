@@ -4,12 +4,14 @@ jaxdissect.models.resnet152.ResNet152 variables.
 The Flax module paths equal the state-dict prefixes ('4.0.0.0.0' -> params/4/0/0/0/0), so the map
 is: conv '.weight' -> 'kernel' (OIHW -> HWIO); BN '.weight/.bias' -> params 'scale/bias',
 '.running_mean/.running_var' -> batch_stats 'mean/var' ('num_batches_tracked' is ignored);
-'10.1.*' Linear -> params/10/1 (transposed).
+'10.1.*' Linear -> params/10/1 (transposed). The stage names ('4'..'7') and the default block
+counts are passed in by jaxdissect.models.resnet152 through `keymap(stage_names, default_blocks)`.
 """
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,14 +20,12 @@ from weight_conversion.keymaps import common
 MODEL = "resnet152_places"
 
 
-def config_from_torch(state: Mapping[str, np.ndarray]) -> dict:
+def config_from_torch(state: Mapping[str, np.ndarray], stage_names: Sequence[str]) -> dict:
     """{'num_classes', 'width', 'blocks'} read from the stem conv, the head and the block keys."""
-    from jaxdissect.models.resnet152 import STAGE_NAMES
-
     width = int(common.require(state, "0.weight", MODEL, ndim=4).shape[0])
     num_classes = int(common.require(state, "10.1.weight", MODEL, ndim=2).shape[0])
     blocks = []
-    for stage in STAGE_NAMES:
+    for stage in stage_names:
         pattern = re.compile(rf"^{stage}\.(\d+)\.0\.0\.0\.weight$")
         found = [int(m.group(1)) for k in state if (m := pattern.match(k))]
         if not found:
@@ -34,15 +34,13 @@ def config_from_torch(state: Mapping[str, np.ndarray]) -> dict:
     return {"num_classes": num_classes, "width": width, "blocks": blocks}
 
 
-def entries(config: Mapping[str, Any]) -> list[common.Entry]:
+def entries(config: Mapping[str, Any], stage_names: Sequence[str], default_blocks: Sequence[int]) -> list[common.Entry]:
     """Every checkpoint key of the model with its expected shape and Flax destination."""
-    from jaxdissect.models.resnet152 import DEFAULT_BLOCKS, STAGE_NAMES
-
     w = int(config.get("width", 64))
-    blocks = [int(b) for b in config.get("blocks", DEFAULT_BLOCKS)]
+    blocks = [int(b) for b in config.get("blocks", default_blocks)]
     out = common.conv("0", ("0",), w, 3, 7, bias=False) + common.batchnorm("1", ("1",), w)
     in_ch = w
-    for s, (stage, n) in enumerate(zip(STAGE_NAMES, blocks)):
+    for s, (stage, n) in enumerate(zip(stage_names, blocks)):
         mid = w * 2 ** s
         for b in range(n):
             p = f"{stage}.{b}.0"
@@ -58,6 +56,14 @@ def entries(config: Mapping[str, Any]) -> list[common.Entry]:
     return out
 
 
-def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
+def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any], stage_names: Sequence[str],
+            default_blocks: Sequence[int]) -> dict:
     """The Flax variables {'params', 'batch_stats'} of ResNet152 from a PyTorch state dict."""
-    return common.apply_keymap(state, entries(config), MODEL)
+    return common.apply_keymap(state, entries(config, stage_names, default_blocks), MODEL)
+
+
+def keymap(stage_names: Sequence[str], default_blocks: Sequence[int]) -> common.KeyMap:
+    """The key map bound to the model's stage names and default block counts."""
+    facts = {"stage_names": tuple(stage_names), "default_blocks": tuple(default_blocks)}
+    return common.KeyMap(functools.partial(config_from_torch, stage_names=facts["stage_names"]),
+                         functools.partial(entries, **facts), functools.partial(convert, **facts))

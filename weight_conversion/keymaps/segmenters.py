@@ -2,7 +2,9 @@
 color ResNet-18-dilated + PPM-deepsup model. Their Flax module paths equal the torch state-dict
 prefixes under 'encoder' / 'decoder', so the maps are generated from the module layout: every
 torch Conv2d 'a.b.weight' -> params/encoder|decoder/a/b/kernel, every BatchNorm likewise with
-params scale/bias and batch_stats mean/var."""
+params scale/bias and batch_stats mean/var. Configs are plain dicts (the fields of
+jaxdissect.segment's UPPConfig / ColorConfig): read from the checkpoints here, passed back in by
+the caller to convert."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -83,32 +85,33 @@ def resnet_sizes(state: Mapping[str, np.ndarray], model: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # UPP: deep-stem ResNet-50 + UPerNet
 
-def upernet_entries(config) -> list[Entry]:
-    """Entries of the UPerNet decoder for a UPPConfig."""
+def upernet_entries(config: Mapping[str, Any]) -> list[Entry]:
+    """Entries of the UPerNet decoder for a UPP config dict (planes, pool_scales, ppm_dim,
+    fpn_dim and the four class counts)."""
     c = config
-    fc_dim = c.planes[-1] * 4
-    inplanes = [p * 4 for p in c.planes]
-    d, f = "decoder", c.fpn_dim
+    fc_dim = c["planes"][-1] * 4
+    inplanes = [p * 4 for p in c["planes"]]
+    d, f = "decoder", c["fpn_dim"]
     entries = []
-    for i in range(len(c.pool_scales)):
-        entries += _convbn(f"ppm_conv.{i}", c.ppm_dim, fc_dim, 1, d)
-    entries += _convbn("ppm_last_conv", f, fc_dim + len(c.pool_scales) * c.ppm_dim, 3, d)
+    for i in range(len(c["pool_scales"])):
+        entries += _convbn(f"ppm_conv.{i}", c["ppm_dim"], fc_dim, 1, d)
+    entries += _convbn("ppm_last_conv", f, fc_dim + len(c["pool_scales"]) * c["ppm_dim"], 3, d)
     for i, cin in enumerate(inplanes[:-1]):
         entries += _convbn(f"fpn_in.{i}", f, cin, 1, d)
         entries += _convbn(f"fpn_out.{i}.0", f, f, 3, d)
     entries += _convbn("conv_fusion", f, len(inplanes) * f, 3, d)
-    entries += _convbn("scene_head.0", f, f, 3, d) + _conv("scene_head.2", c.num_scene, f, 1, True, d)
-    for head, n in (("object_head", c.num_object), ("part_head", c.num_part),
-                    ("material_head", c.num_material)):
+    entries += _convbn("scene_head.0", f, f, 3, d) + _conv("scene_head.2", c["num_scene"], f, 1, True, d)
+    for head, n in (("object_head", c["num_object"]), ("part_head", c["num_part"]),
+                    ("material_head", c["num_material"])):
         entries += _convbn(f"{head}.0", f, f, 3, d) + _conv(f"{head}.1", n, f, 1, True, d)
     return entries
 
 
 def upp_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray],
-                          labeldata: Mapping[str, Any] | None = None):
-    """A UPPConfig read from the encoder/decoder state dicts' shapes."""
-    from jaxdissect.segment.upp import UPPConfig
-
+                          labeldata: Mapping[str, Any] | None = None) -> dict:
+    """The UPP config read from the encoder/decoder state dicts' shapes: a dict of UPPConfig
+    fields (class counts, fpn/ppm widths, stage sizes, stem widths, planes; the 4 pool scales
+    are the published ones)."""
     encoder, decoder = strip_module_prefix(encoder), strip_module_prefix(decoder)
     m = "upp_segmenter"
     sizes = resnet_sizes(encoder, m)
@@ -118,7 +121,7 @@ def upp_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[st
     if n_scales != 4:
         raise KeyMapError(f"checkpoint does not match model {m}: expected 4 pyramid pooling scales "
                           f"('ppm_conv.0..3'), found {n_scales}")
-    return UPPConfig(
+    return dict(
         num_object=int(require(decoder, "object_head.1.weight", m, 4).shape[0]),
         num_part=int(require(decoder, "part_head.1.weight", m, 4).shape[0]),
         num_material=int(require(decoder, "material_head.1.weight", m, 4).shape[0]),
@@ -128,11 +131,13 @@ def upp_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[st
         **sizes)
 
 
-def convert_upp(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray], config) -> dict:
-    """Flax variables {'params', 'batch_stats'} of UPPNet from the two torch state dicts."""
+def convert_upp(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray],
+                config: Mapping[str, Any]) -> dict:
+    """Flax variables {'params', 'batch_stats'} of UPPNet from the two torch state dicts, for a
+    config dict of UPPConfig's fields."""
     state = {"encoder." + k: v for k, v in strip_module_prefix(encoder).items()}
     state.update({"decoder." + k: v for k, v in strip_module_prefix(decoder).items()})
-    entries = deep_stem_resnet_entries("bottleneck", config.stage_sizes, config.stem_widths, config.planes)
+    entries = deep_stem_resnet_entries("bottleneck", config["stage_sizes"], config["stem_widths"], config["planes"])
     entries = [_prefixed(e, "encoder") for e in entries] + [_prefixed(e, "decoder") for e in upernet_entries(config)]
     return apply_keymap(state, entries, "upp_segmenter")
 
@@ -145,23 +150,23 @@ def _prefixed(e: Entry, top: str) -> Entry:
 # --------------------------------------------------------------------------------------------
 # Color: deep-stem ResNet-18 (dilated) + PPM deepsup
 
-def ppm_deepsup_entries(config) -> list[Entry]:
-    """Entries of the PPM-deepsup decoder's inference path for a ColorConfig."""
+def ppm_deepsup_entries(config: Mapping[str, Any]) -> list[Entry]:
+    """Entries of the PPM-deepsup decoder's inference path for a color config dict (planes,
+    pool_scales, ppm_dim, num_class)."""
     c = config
-    fc_dim, d = c.planes[-1], "decoder"
+    fc_dim, d = c["planes"][-1], "decoder"
     entries = []
-    for i in range(len(c.pool_scales)):
-        entries += _convbn(f"ppm.{i}", c.ppm_dim, fc_dim, 1, d, conv_idx="1", bn_idx="2")
-    entries += _conv("conv_last.0", c.ppm_dim, fc_dim + len(c.pool_scales) * c.ppm_dim, 3, top=d)
-    entries += _bn("conv_last.1", c.ppm_dim, top=d)
-    entries += _conv("conv_last.4", c.num_class, c.ppm_dim, 1, True, d)
+    for i in range(len(c["pool_scales"])):
+        entries += _convbn(f"ppm.{i}", c["ppm_dim"], fc_dim, 1, d, conv_idx="1", bn_idx="2")
+    entries += _conv("conv_last.0", c["ppm_dim"], fc_dim + len(c["pool_scales"]) * c["ppm_dim"], 3, top=d)
+    entries += _bn("conv_last.1", c["ppm_dim"], top=d)
+    entries += _conv("conv_last.4", c["num_class"], c["ppm_dim"], 1, True, d)
     return entries
 
 
-def color_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray]):
-    """A ColorConfig read from the encoder/decoder state dicts' shapes."""
-    from jaxdissect.segment.color import ColorConfig
-
+def color_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray]) -> dict:
+    """The color config read from the encoder/decoder state dicts' shapes: a dict of ColorConfig
+    fields (num_class, ppm_dim, stage sizes, stem widths, planes)."""
     encoder, decoder = strip_module_prefix(encoder), strip_module_prefix(decoder)
     m = "color_segmenter"
     n_scales = 0
@@ -170,16 +175,18 @@ def color_config_from_torch(encoder: Mapping[str, np.ndarray], decoder: Mapping[
     if n_scales != 4:
         raise KeyMapError(f"checkpoint does not match model {m}: expected 4 pyramid pooling scales "
                           f"('ppm.0..3'), found {n_scales}")
-    return ColorConfig(num_class=int(require(decoder, "conv_last.4.weight", m, 4).shape[0]),
+    return dict(num_class=int(require(decoder, "conv_last.4.weight", m, 4).shape[0]),
                        ppm_dim=int(require(decoder, "ppm.0.1.weight", m, 4).shape[0]),
                        **resnet_sizes(encoder, m))
 
 
-def convert_color(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray], config) -> dict:
-    """Flax variables of ColorNet; the deep-supervision branch (training only) is dropped."""
+def convert_color(encoder: Mapping[str, np.ndarray], decoder: Mapping[str, np.ndarray],
+                  config: Mapping[str, Any]) -> dict:
+    """Flax variables of ColorNet for a config dict of ColorConfig's fields; the deep-supervision
+    branch (training only) is dropped."""
     state = {"encoder." + k: v for k, v in strip_module_prefix(encoder).items()}
     state.update({"decoder." + k: v for k, v in strip_module_prefix(decoder).items()
                   if not k.startswith(COLOR_TRAINING_ONLY)})
-    entries = deep_stem_resnet_entries("basic", config.stage_sizes, config.stem_widths, config.planes)
+    entries = deep_stem_resnet_entries("basic", config["stage_sizes"], config["stem_widths"], config["planes"])
     entries = [_prefixed(e, "encoder") for e in entries] + [_prefixed(e, "decoder") for e in ppm_deepsup_entries(config)]
     return apply_keymap(state, entries, "color_segmenter")

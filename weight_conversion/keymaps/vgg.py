@@ -2,11 +2,14 @@
 
 Keys 'features.convX_Y.weight/bias' -> params/features/convX_Y/conv, 'classifier.fc6|fc7.*' ->
 params/classifier/fc6|fc7/fc, 'classifier.fc8a.*' -> params/classifier/fc8a. The Flax model
-flattens in PyTorch's (C, H, W) order, so fc6 needs no row permutation.
+flattens in PyTorch's (C, H, W) order, so fc6 needs no row permutation. The conv stages
+(`stages`, the model's (stage, number of convs, channels) list) are passed in by
+jaxdissect.models.vgg through `keymap(stages)`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -20,12 +23,10 @@ def config_from_torch(state: Mapping[str, np.ndarray]) -> dict:
     return {"num_classes": int(common.require(state, "classifier.fc8a.weight", MODEL, ndim=2).shape[0])}
 
 
-def entries(config: Mapping[str, Any]) -> list[common.Entry]:
+def entries(config: Mapping[str, Any], stages: Sequence[tuple[int, int, int]]) -> list[common.Entry]:
     """Every checkpoint key of the model with its expected shape and Flax destination."""
-    from jaxdissect.models.vgg import STAGES
-
     out, in_ch = [], 3
-    for stage, n, ch in STAGES:
+    for stage, n, ch in stages:
         for i in range(1, n + 1):
             name = f"conv{stage}_{i}"
             out += common.conv(f"features.{name}", ("features", name, "conv"), ch, in_ch, 3)
@@ -36,6 +37,13 @@ def entries(config: Mapping[str, Any]) -> list[common.Entry]:
     return out
 
 
-def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict:
+def convert(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
+            stages: Sequence[tuple[int, int, int]]) -> dict:
     """The Flax variables {'params': ...} of VGG16 from a PyTorch state dict."""
-    return common.apply_keymap(state, entries(config), MODEL)
+    return common.apply_keymap(state, entries(config, stages), MODEL)
+
+
+def keymap(stages: Sequence[tuple[int, int, int]]) -> common.KeyMap:
+    """The key map bound to the model's conv stages."""
+    return common.KeyMap(config_from_torch, functools.partial(entries, stages=stages),
+                         functools.partial(convert, stages=stages))

@@ -1,29 +1,31 @@
-"""Checkpoint conversion: a registered model's `.pth` (downloaded or given) -> a weights folder.
+"""Converting a registered model's published checkpoint into Flax variables and weights folders.
 
 read_pth -> spec.config_from_torch -> spec.convert (the key map) -> a check of every converted
-array against the shapes `module.init` would create -> weights_io.save_weights.
+array against the shapes `module.init` would create -> weights_io.save_weights. The reading,
+downloads, cache and key maps themselves are weight_conversion's; this is the model-aware part.
 """
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
 
+from jaxdissect.models import catalog
+from jaxdissect.models.registry import ModelSpec
+from jaxdissect.models.weights_io import save_weights
 from weight_conversion import cache
-from weight_conversion.download import check_hash, download, file_hashes
-from weight_conversion.errors import DownloadError, KeyMapError
-from weight_conversion.pth_reader import read_pth
-
-if TYPE_CHECKING:  # the registry imports jax; keep read_pth's import path light
-    from jaxdissect.models.registry import ModelSpec
+from weight_conversion.downloads import fetch_cached, file_hashes
+from weight_conversion.errors import KeyMapError
+from weight_conversion.torchscript import read_checkpoint
 
 
 def example_input(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
     """An abstract input batch of one for `spec`'s module: (1, z_dim) for generators, else (1, H, W, 3)."""
-    import jax
-    import jax.numpy as jnp
-
     if spec.kind == "generator":
         z_dim = config.get("z_dim")
         if not z_dim:
@@ -37,8 +39,6 @@ def example_input(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
 
 def expected_variables(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
     """The variable tree (of jax.ShapeDtypeStruct) `module.init` creates, without computing it."""
-    import jax
-
     module = spec.build(config)
     key = jax.random.key(0)
     return jax.eval_shape(lambda x: module.init({"params": key, "dropout": key}, x),
@@ -50,9 +50,6 @@ def check_variables(name: str, variables: Any, expected: Any) -> dict:
 
     Raises KeyMapError naming every missing, unexpected and mis-shaped variable path.
     """
-    from flax import traverse_util
-    from flax.core import unfreeze
-
     got = traverse_util.flatten_dict(unfreeze(variables), sep="/")
     want = traverse_util.flatten_dict(unfreeze(expected), sep="/")
     missing = sorted(set(want) - set(got))
@@ -94,24 +91,14 @@ def fetch_checkpoint(spec: ModelSpec) -> str:
     if not spec.url:
         raise ValueError(f"model {spec.name!r} has no published checkpoint URL; pass a .pth file "
                          "(--pth FILE or weights=FILE)")
-    path = cache.download_path(spec.url)
-    if path.is_file():  # downloaded before, or put there by hand
-        problem = check_hash(path, spec.md5, spec.sha256_prefix)
-        if problem is None:
-            return str(path)
-        raise DownloadError(f"{path} does not match the checksum of {spec.url} ({problem}); delete it to "
-                            "download it again, or pass it with --pth FILE / weights=FILE to convert it unchecked")
-    return download(spec.url, path, md5=spec.md5, sha256_prefix=spec.sha256_prefix)
+    return fetch_cached(spec.url, spec.md5, spec.sha256_prefix)
 
 
 def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = None,
                        out_dir: str | os.PathLike | None = None) -> str:
     """Convert `model_name`'s checkpoint (the official one when `pth_path` is None) into a
     weights folder (default <cache>/weights/<model_name>); returns the folder path."""
-    from jaxdissect.models.loading import get_spec
-    from jaxdissect.models.weights_io import save_weights
-
-    spec = get_spec(model_name)
+    spec = catalog.get_spec(model_name)
     out_dir = os.fspath(out_dir) if out_dir is not None else str(cache.weights_dir(model_name))
     if spec.original_files is not None:  # several files (encoder, decoder, labels.json) in a folder
         folder = None if pth_path is None else os.fspath(pth_path)
@@ -125,7 +112,7 @@ def convert_checkpoint(model_name: str, pth_path: str | os.PathLike | None = Non
     if pth_path is None:
         pth_path, source_url = fetch_checkpoint(spec), spec.url
     pth_path = os.fspath(pth_path)
-    state = read_pth(pth_path)
+    state = read_checkpoint(pth_path)  # a .pth, or a TorchScript archive (OpenAI's CLIP files)
     variables, config = convert_state(spec, state)
     _, sha256 = file_hashes(pth_path)
     save_weights(out_dir, model_name, variables, config, source=os.path.basename(pth_path),

@@ -1,7 +1,6 @@
 """Verified downloads: stream to a temporary file beside the destination, check the size and
 the checksum, then rename. A failed or mismatched download leaves nothing behind.
-
-This module is callable: `weight_conversion.download(url, dest)` is `download(url, dest)`.
+`weight_conversion.download` is this module's `download` function.
 """
 from __future__ import annotations
 
@@ -9,12 +8,11 @@ import hashlib
 import http.client
 import os
 import re
-import sys
 import tempfile
-import types
 import urllib.error
 import urllib.request
 
+from weight_conversion import cache
 from weight_conversion.errors import DownloadError
 
 CHUNK = 1 << 20
@@ -112,11 +110,14 @@ def _stream(resp, out, total: int | None, desc: str, progress: bool) -> int:
             bar.update(len(chunk))
 
 
-class _CallableModule(types.ModuleType):
-    """Lets `weight_conversion.download(...)` call the function despite the module's name."""
-
-    def __call__(self, *args, **kwargs):
-        return download(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+def fetch_cached(url: str, md5: str | None = None, sha256_prefix: str | None = None) -> str:
+    """The file at `url` in the download cache (cache.download_path), downloading and verifying
+    it when absent; a cached file that fails its checksum is refused (DownloadError), not replaced."""
+    path = cache.download_path(url)
+    if path.is_file():  # downloaded before, or put there by hand
+        problem = check_hash(path, md5, sha256_prefix)
+        if problem is None:
+            return str(path)
+        raise DownloadError(f"{path} does not match the checksum of {url} ({problem}); delete it to "
+                            "download it again, or pass it with --pth FILE / weights=FILE to convert it unchecked")
+    return download(url, path, md5=md5, sha256_prefix=sha256_prefix)

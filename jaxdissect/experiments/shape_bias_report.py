@@ -1,0 +1,250 @@
+"""The shape-bias experiment's outputs: shape_bias.json, figures (agreement per layer, labels
+kept by category), thumbnails of the top stylized pairs, and per layer a report.json / report.html
+in the dissection's format with the experiment's fields and section."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+import jax
+import numpy as np
+
+from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
+from jaxdissect.experiments.label_groups import group_of
+from jaxdissect.report.figures import figure_png, new_figure
+from jaxdissect.report.report_json import to_json_value
+
+SECTION_TITLE = "Shape versus texture"
+GROUP_COLORS = {"shape": "tab:blue", "surface": "tab:orange"}
+GROUP_NAMES = {"shape": "shape units (object, part)", "surface": "surface units (material, color)"}
+
+
+def _short(layer: str) -> str:
+    return layer[len("features."):] if layer.startswith("features.") else layer
+
+
+def unit_records(result, lb, miniou: float) -> list[dict]:
+    """report.json unit entries of one layer: the label on the stylized (second) set as the card's
+    label, the original set's label, and the mask agreement; `same_label`: the same label on both
+    sets with IoU > miniou on each."""
+    names, cats = result.label_names, result.label_categories
+    out = []
+    for u in range(len(lb.agreement)):
+        a, b = int(lb.labels[0][u]), int(lb.labels[1][u])
+        kept = a == b and lb.ious[0][u] > miniou and lb.ious[1][u] > miniou
+        out.append({"image": f"image/unit{u}.jpg", "unit": u, "iou": float(lb.ious[1][u]), "label": names[b],
+                    "cat": cats[b], "threshold": float(lb.thresholds[1][u]), "agreement": float(lb.agreement[u]), "chance_agreement": float(lb.chance[u]),
+                    "both_fraction": float(lb.both_fraction[u]), "original_label": names[a], "original_cat": cats[a],
+                    "original_iou": float(lb.ious[0][u]), "original_threshold": float(lb.thresholds[0][u]),
+                    "original_image": f"original/unit{u}.jpg", "same_label": bool(kept)})
+    return out
+
+
+def tables(result, miniou: float) -> dict:
+    """shape_bias.json: the run's header and, per layer, the summary and every unit."""
+    return {"header": {"model": result.model, "dataset": result.dataset, "paired_dataset": result.paired_dataset,
+                       "samples": result.samples, "layers": [lb.layer for lb in result.layers],
+                       "agreement": "IoU of the unit's thresholded masks on paired images, summed over the pairs",
+                       "groups": {"shape": ["object", "part"], "surface": ["material", "color"]}},
+            "layers": [{"layer": lb.layer, "summary": lb.summary, "units": unit_records(result, lb, miniou)}
+                       for lb in result.layers]}
+
+
+def _group_values(result, lb, miniou: float, group: str) -> np.ndarray:
+
+    sel = [(lb.ious[0][u] > miniou and group_of(result.label_categories[int(lb.labels[0][u])]) == group)
+           for u in range(len(lb.agreement))]
+    v = lb.agreement[np.asarray(sel, bool)]
+    return v[~np.isnan(v)]
+
+
+def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
+    """PNG: per layer, the mask agreement of shape-labelled and surface-labelled units (points,
+    violins, means)."""
+    fig = new_figure((max(6.0, 1.3 * len(result.layers) + 2), 4.2))
+    ax = fig.subplots()
+    rng = np.random.default_rng(seed)
+    chance_label = "agreement of independent masks (chance)"
+    for i, lb in enumerate(result.layers):
+        for j, g in enumerate(("shape", "surface")):
+            v = _group_values(result, lb, miniou, g)
+            x = i + (j - 0.5) * 0.36
+            col = GROUP_COLORS[g]
+            if v.size > 1 and np.ptp(v) > 0:
+                parts = ax.violinplot([v], positions=[x], widths=0.34, showextrema=False)
+                for body in parts["bodies"]:
+                    body.set_facecolor(col)
+                    body.set_alpha(0.2)
+            ax.scatter(x + rng.uniform(-0.07, 0.07, v.size), v, s=7, color=col, alpha=0.7,
+                       label=GROUP_NAMES[g] if i == 0 else None)
+            if v.size:
+                ax.plot([x - 0.15, x + 0.15], [v.mean()] * 2, color=col, lw=2)
+                ax.annotate(f"{v.mean():.3f}", (x, max(v.max(), v.mean())), textcoords="offset points", xytext=(0, 4),
+                            ha="center", fontsize=7, color=col)
+                c = lb.summary[g]["chance_mean"]
+                ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":", label=chance_label)
+                chance_label = None
+    ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"mask agreement (IoU, {result.dataset} vs {result.paired_dataset})", fontsize=9)
+    ax.set_title(f"{result.model}: do units fire in the same place on stylized images?\n"
+                 f"units labelled (IoU > {miniou:g}) on the originals; solid bars: means", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return figure_png(fig)
+
+
+def plot_label_survival(result) -> bytes:
+    """PNG: per layer and group, the fraction of labelled units whose label on the stylized set
+    is the same as on the originals."""
+    fig = new_figure((max(6.0, 1.3 * len(result.layers) + 2), 4.0))
+    ax = fig.subplots()
+    for j, g in enumerate(("shape", "surface")):
+        xs = np.arange(len(result.layers)) + (j - 0.5) * 0.38
+        fr = [lb.summary[g]["label_kept_fraction"] for lb in result.layers]
+        ax.bar(xs, np.nan_to_num(fr), width=0.36, color=GROUP_COLORS[g], alpha=0.8, label=GROUP_NAMES[g])
+        for x, lb in zip(xs, result.layers):
+            s = lb.summary[g]
+            ax.annotate(f"{s['label_kept']}/{s['units']}", (x, np.nan_to_num(s["label_kept_fraction"])),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of labelled units keeping their label")
+    ax.set_title(f"{result.model}: labels that survive stylization (same label, IoU above the cut)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return figure_png(fig)
+
+
+def summary_text(result) -> str:
+    lines = [f"{result.model} on {result.samples} pairs ({result.dataset} / {result.paired_dataset}): "
+             "mean mask agreement of labelled units"]
+    for lb in result.layers:
+        s = lb.summary
+        lines.append(f"  {lb.layer}: shape {s['shape']['mean']:.3f} ({s['shape']['units']} units, label kept "
+                     f"{s['shape']['label_kept']}), surface {s['surface']['mean']:.3f} ({s['surface']['units']} units, "
+                     f"label kept {s['surface']['label_kept']}), gap {s['gap']:+.3f}; chance "
+                     f"{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}")
+    return "\n".join(lines)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width:100%">'
+
+
+def section_html(result, images: dict[str, bytes], layer: str | None = None) -> str:
+    """The report section: what was compared, the table per layer, the figures."""
+    e = html.escape
+    rows = []
+    for lb in result.layers:
+        s = lb.summary
+        mark = " style='font-weight:bold'" if lb.layer == layer else ""
+        rows.append(f"<tr{mark}><td>{e(lb.layer)}</td><td>{s['shape']['units']}</td><td>{s['shape']['mean']:.3f}</td>"
+                    f"<td>{s['surface']['units']}</td><td>{s['surface']['mean']:.3f}</td><td>{s['gap']:+.3f}</td>"
+                    f"<td>{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}</td>"
+                    f"<td>{s['shape']['label_kept']}/{s['shape']['units']}</td>"
+                    f"<td>{s['surface']['label_kept']}/{s['surface']['units']}</td></tr>")
+    return "\n".join([
+        f"<p>Each image was paired with a stylized version of it ({e(result.paired_dataset)}: the same shapes and "
+        "layout, other textures and colours). A unit's agreement is the IoU of its thresholded masks on the two "
+        "images of each pair (each set with its own top-1% threshold), over all "
+        f"{result.samples} pairs; chance is the agreement masks of the same coverage would have if they moved "
+        "independently. Units are grouped by their label on the original images. Cards below: label "
+        "and top images on the stylized set; each unit's original label and agreement are in report.json.</p>",
+        "<table><thead><tr><th>layer</th><th>shape units</th><th>agreement</th><th>surface units</th>"
+        "<th>agreement</th><th>gap</th><th>chance (shape / surface)</th><th>shape labels kept</th><th>surface labels kept</th></tr></thead><tbody>",
+        *rows, "</tbody></table>",
+        '<div style="display:flex;flex-wrap:wrap;gap:8px">',
+        *(f"<figure style='margin:0;flex:0 1 600px'>{_img(png, n)}<figcaption>{e(n)}</figcaption></figure>"
+          for n, png in images.items()),
+        "</div>"])
+
+
+def unit_strips(setup, lb, k: int, size: int) -> tuple[dict, dict]:
+    """For each unit, its top `k` pairs by peak on the stylized images: ({unit: stylized strip
+    with the unit's region (stylized threshold)}, {unit: originals of the same pairs (original
+    threshold)})."""
+    from jaxdissect.report.unit_images import masked_image, thumbnail, unit_strip
+    from jaxdissect.upsample import upsampler
+
+    top = lb.topk_indices[:, :k]
+    wanted = np.unique(top[top >= 0])
+    thr = [np.asarray(t) for t in lb.thresholds]
+    layer = lb.layer
+
+    @jax.jit
+    def run(variables, first, second):
+        a, b = setup.activations(variables, first, second)
+        return a[layer], b[layer]
+
+    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    resample = None
+    for s in range(0, len(wanted), setup.batch_size):
+        idx = wanted[s:s + setup.batch_size]
+        pad = np.concatenate([idx, np.repeat(idx[:1], setup.batch_size - len(idx))])
+        first, second = setup.source.load(pad)
+        a, b = run(setup.model.variables, first.inputs, second.inputs)
+        if resample is None:
+            resample = upsampler((size, size), tuple(a.shape[1:3]))
+        on_a = np.asarray(resample(a)) > thr[0]
+        on_b = np.asarray(resample(b)) > thr[1]
+        for j, i in enumerate(idx):
+            images[int(i)] = (thumbnail(first.inputs[j], size), thumbnail(second.inputs[j], size))
+            masks[int(i)] = (on_a[j], on_b[j])
+    blank = np.full((size, size, 3), 255, np.uint8)
+    styl, orig = {}, {}
+    for u in range(top.shape[0]):
+        styl[u] = unit_strip([masked_image(images[int(i)][1], masks[int(i)][1][:, :, u]) if i >= 0 else blank
+                              for i in top[u]])
+        orig[u] = unit_strip([masked_image(images[int(i)][0], masks[int(i)][0][:, :, u]) if i >= 0 else blank
+                              for i in top[u]])
+    return styl, orig
+
+
+def write_layer_report(setup, result, lb, section: str) -> str:
+    """<dir>/<layer>/report.json, concepts.svg, report.html and the unit strips; returns the folder."""
+    from jaxdissect.report.bargraph import concept_bargraph_svg
+    from jaxdissect.report.html import write_report_html
+    from jaxdissect.report.report_json import dumps_report, make_report
+    from jaxdissect.report.unit_images import encode_jpeg
+
+    cfg = setup.config
+    d = os.path.join(result.directory, _short(lb.layer))
+    styl, orig = unit_strips(setup, lb, cfg.strip_images, cfg.thumbsize)
+    for u in styl:
+        atomic_write_bytes(os.path.join(d, "image", f"unit{u}.jpg"), encode_jpeg(styl[u]))
+        atomic_write_bytes(os.path.join(d, "original", f"unit{u}.jpg"), encode_jpeg(orig[u]))
+    units = unit_records(result, lb, cfg.miniou)
+    svg = concept_bargraph_svg([(r["label"], r["cat"], r["iou"]) for r in units], min_iou=cfg.miniou)
+    atomic_write_text(os.path.join(d, "concepts.svg"), svg)
+    name = f"{result.model} {result.paired_dataset} (stylized) vs {result.dataset}"
+    header = {"name": name, "image": "concepts.svg", "model": result.model, "layer": lb.layer,
+              "dataset": result.paired_dataset, "original_dataset": result.dataset, "seg": cfg.seg or "scenes",
+              "quantile": cfg.quantile, "miniou": cfg.miniou, "samples": result.samples,
+              "shape_bias": lb.summary}
+    report = make_report(header, units)
+    report["sections"] = [{"title": SECTION_TITLE, "html": section}]
+    atomic_write_text(os.path.join(d, "report.json"), dumps_report(report) + "\n")
+    write_report_html(os.path.join(d, "report.html"), report, title=f"{name} {lb.layer}")
+    return d
+
+
+def write_outputs(setup, result) -> dict[str, str]:
+    """Every output of a finished run; returns the main paths."""
+    d = result.directory
+    atomic_write_text(os.path.join(d, "shape_bias.json"),
+                      json.dumps(to_json_value(tables(result, setup.config.miniou)), indent=1, allow_nan=False) + "\n")
+    images = {"agreement_by_layer": plot_agreement_by_layer(result, setup.config.miniou),
+              "label_survival": plot_label_survival(result)}
+    paths = {"json": os.path.join(d, "shape_bias.json")}
+    for n, png in images.items():
+        paths[n] = os.path.join(d, "plots", f"{n}.png")
+        atomic_write_bytes(paths[n], png)
+    for lb in result.layers:
+        paths[lb.layer] = write_layer_report(setup, result, lb, section_html(result, images, lb.layer))
+    atomic_write_text(os.path.join(d, "summary.txt"), summary_text(result) + "\n")
+    return paths
