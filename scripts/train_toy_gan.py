@@ -25,6 +25,16 @@ whole training state) go to <workdir>/checkpoints every --checkpoint-minutes; a 
 from the newest one and refuses a workdir made with other settings. --ship writes the EMA
 generator (no optimizer state) to --out/toy_generator with a sample grid, measures it and
 records the run in TRAINING.json / TRAINING.md.
+
+A run that cannot finish in one go can be carried elsewhere as one compact folder:
+    python scripts/train_toy_gan.py --workdir results/toy_gan --export checkpoints/toy_gan_resume
+writes the workdir's newest checkpoint (G, D, the EMA generator, both Adam states, the step,
+the CPU seconds so far; float32) with the run's settings and FID history (export.json), without
+touching the workdir (a run may be training in it); the run's settings come from the workdir.
+    python scripts/train_toy_gan.py <the run's flags> --resume-from checkpoints/toy_gan_resume
+continues from it (when it is newer than the workdir's checkpoint; other settings are refused).
+Every random draw is a function of (--seed, step): the step's key is fold_in(key(seed), step)
+and its batch comes from numpy's default_rng([seed, step]), so the step is the whole rng state.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -421,6 +432,133 @@ def checkpoint_manager(workdir: str, settings: dict):
     return mngr
 
 
+def template_at(args, step: int) -> dict:
+    """A training state shaped like the checkpoint of `step` (saved after steps 0 .. step - 1, so
+    it holds the networks of step - 1: at step --grow-at, those before growing)."""
+    depth, fade, _ = stage_at(args, max(step - 1, 0))
+    return Stage(args, depth, fade).init(jax.random.key(args.seed))
+
+
+def export(args) -> tuple[dict, dict]:
+    """Write the newest checkpoint of --workdir (settings from its settings.json) to --export as
+    `state` (orbax) and `export.json` (settings, step, CPU seconds, FID history); returns
+    (the latter, the state)."""
+    import orbax.checkpoint as ocp
+
+    workdir = pathlib.Path(args.workdir)
+    if not (workdir / "settings.json").is_file():
+        raise SystemExit(f"error: --export: {workdir} holds no training run (no settings.json)")
+    settings = json.loads((workdir / "settings.json").read_text())
+    for k, v in settings.items():
+        setattr(args, k, v)
+    mngr = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    step = mngr.latest_step()
+    if step is None:
+        raise SystemExit(f"error: --export: {workdir} has no checkpoint yet")
+    state, seconds = restore(mngr, template_at(args, step), step)
+    fid_path = workdir / "fid.json"
+    history = [h for h in json.loads(fid_path.read_text()) if h["step"] <= step] if fid_path.is_file() else []
+    info = {"settings": settings, "step": int(state["step"]), "cpu_seconds": round(seconds), "fid_history": history}
+    out = pathlib.Path(args.export).absolute()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "state", {**state, "cpu_seconds": jnp.asarray(seconds, jnp.float32)})
+    ckptr.wait_until_finished()
+    (tmp / "export.json").write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    train_toy.log(f"exported step {info['step']} ({info['cpu_seconds']} CPU seconds) of {workdir} to {args.export}")
+    return info, state
+
+
+PROGRESS_ENTRY = "generator-gan (unfinished)"
+
+
+def record_progress(args, info: dict, state: dict, argv: Sequence[str]) -> dict:
+    """The exported run's entry in --out's TRAINING.json / TRAINING.md: an unfinished GAN run
+    (command, steps done, CPU time, FID history), the toy FID of its EMA generator now, and the
+    shipped toy_generator's measured the same way (the same z and val scenes, at the run's
+    current resolution)."""
+    step, settings = info["step"], info["settings"]
+    depth, fade, alpha = stage_at(args, max(step - 1, 0))
+    stage = Stage(args, depth, fade)
+    resolution = stage.resolution
+    ref = class_scenes("val", args.classes, args.fid_reference, args.seed, args.cache)
+    tracker = FidTracker(ref, args.z_dim, samples=args.fid_samples)
+    now_fid = round(tracker(stage.sampler(), state["g_ema"], jnp.float32(alpha), resolution), 2)
+    train_toy.log(f"step {step}: toy FID {now_fid:.1f} (EMA generator, {len(tracker.z)} samples, {resolution} px)")
+    shipped = load("toy_generator")
+    sample = jax.jit(lambda v, z, a: downsample_pm1(shipped.module.apply(v, z), resolution))
+    shipped_fid = round(tracker(sample, shipped.variables, jnp.float32(1.0), resolution), 2)
+    train_toy.log(f"the shipped toy_generator's toy FID at {resolution} px: {shipped_fid:.1f}")
+    kept = [a for a in train_toy._without_cache(argv) if a != "--record-progress"]
+    hist = info["fid_history"]
+    lines = [f"- unfinished: {step} of {args.steps} steps done (at {resolution} px, alpha {alpha:.2f}); "
+             f"{info['cpu_seconds']} CPU seconds so far (all threads); not shipped: toy_generator is still the VAE",
+             f"- resumable state (G, D, EMA generator, Adam states, step; float32): `{args.export}`, written by "
+             f"`python scripts/train_toy_gan.py {' '.join(kept)}`; continue with the command above plus "
+             f"`--resume-from {args.export}`"]
+    lines.append(f"- toy FID ({args.fid_samples} z vs {args.fid_reference} val scenes of "
+                 f"{'/'.join(args.classes)} at {resolution} px): the EMA generator at step {step}: {now_fid:.1f}; "
+                 f"the shipped VAE toy_generator (box-downsampled to {resolution} px): {shipped_fid:.1f}")
+    if hist:
+        lines.append("- toy FID during training: " + ", ".join(f"step {h['step']} ({h['resolution']} px): "
+                                                               f"{h['toy_fid']:.0f}" for h in hist))
+    path = os.path.join(args.out, "TRAINING.json")
+    data = json.load(open(path)) if os.path.isfile(path) else {}
+    command = "python scripts/train_toy_gan.py " + " ".join(f"--{k.replace('_', '-')} "
+                                                              + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+                                                              for k, v in settings.items()) + f" --steps {args.steps}"
+    entry = {"command": command, "seed": settings["seed"], "hyperparameters": {**settings, "steps": args.steps},
+             "jax": jax.__version__,
+             "metrics": {"train_seconds": info["cpu_seconds"], "steps_done": step, "resolution": resolution,
+                         "fid_history": hist, "toy_fid": now_fid, "shipped_generator_toy_fid": shipped_fid},
+             "summary_lines": lines}
+    data[PROGRESS_ENTRY] = entry
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+    train_toy.write_training_md(args.out, data)
+    return entry
+
+
+def downsample_pm1(images: jax.Array, resolution: int) -> jax.Array:
+    """Box-downsample images (N, S, S, 3) to `resolution` (S a multiple of it), as `downsample` does
+    for uint8 scenes (without its rounding)."""
+    n, s = images.shape[:2]
+    f = s // resolution
+    return images if f == 1 else images.reshape(n, resolution, f, resolution, f, 3).mean((2, 4))
+
+
+def import_export(args, mngr, settings: dict) -> None:
+    """Put the --resume-from folder's state into the workdir's checkpoints (and its FID history
+    into fid.json) when it is newer than the workdir's newest checkpoint."""
+    import orbax.checkpoint as ocp
+
+    folder = pathlib.Path(args.resume_from)
+    if not (folder / "export.json").is_file() or not (folder / "state").is_dir():
+        raise SystemExit(f"error: --resume-from {folder}: not an exported run (no export.json and state/)")
+    info = json.loads((folder / "export.json").read_text())
+    diff = sorted(k for k in set(info["settings"]) | set(settings) if info["settings"].get(k) != settings.get(k))
+    if diff:
+        raise SystemExit(f"error: --resume-from {folder} was exported from a run with other settings "
+                         f"({', '.join(diff)}); use that run's flags")
+    if info["step"] <= (mngr.latest_step() or -1):
+        return
+    template = {**template_at(args, info["step"]), "cpu_seconds": jnp.zeros((), jnp.float32)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    state = ocp.StandardCheckpointer().restore((folder / "state").absolute(), abstract)
+    mngr.save(info["step"], args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+    with open(os.path.join(args.workdir, "fid.json"), "w") as f:
+        json.dump(info["fid_history"], f, indent=0)
+
+
 def save_checkpoint(mngr, state: dict, seconds: float) -> None:
     import orbax.checkpoint as ocp
 
@@ -429,12 +567,13 @@ def save_checkpoint(mngr, state: dict, seconds: float) -> None:
     mngr.wait_until_finished()
 
 
-def restore(mngr, template: dict) -> tuple[dict, float]:
+def restore(mngr, template: dict, step: int | None = None) -> tuple[dict, float]:
+    """(state, CPU seconds so far) of checkpoint `step` (default: the newest)."""
     import orbax.checkpoint as ocp
 
     template = {**template, "cpu_seconds": jnp.zeros((), jnp.float32)}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abstract))
+    state = mngr.restore(mngr.latest_step() if step is None else step, args=ocp.args.StandardRestore(abstract))
     seconds = float(state.pop("cpu_seconds"))
     return state, seconds
 
@@ -453,9 +592,11 @@ def stage_at(args, step: int) -> tuple[int, bool, float]:
 def train(args) -> dict:
     """Train (or resume) to --steps; returns the final state, its stage and the FID history."""
     mngr = checkpoint_manager(args.workdir, run_settings(args))
+    if args.resume_from:
+        import_export(args, mngr, run_settings(args))
     images = class_scenes("train", args.classes, args.train_size, args.seed, args.cache)
     start = mngr.latest_step() or 0
-    depth, fade, _ = stage_at(args, start)
+    depth, fade, _ = stage_at(args, max(start - 1, 0))  # the networks of the checkpoint (grown below if due)
     stage = Stage(args, depth, fade)
     key = jax.random.key(args.seed)
     state, cpu = stage.init(key), 0.0
@@ -540,6 +681,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--workdir", default="results/toy_gan")
     p.add_argument("--cache", default=None, help="folder to cache rendered scenes (.npz)")
     p.add_argument("--ship", action="store_true", help="after training, ship the EMA generator into --out")
+    p.add_argument("--export", default=None, metavar="FOLDER",
+                   help="write --workdir's newest checkpoint (with its settings) to FOLDER and exit (no training)")
+    p.add_argument("--record-progress", action="store_true",
+                   help="--export: also record the unfinished run (and the shipped generator's toy FID) in --out's "
+                        "TRAINING.json / TRAINING.md")
+    p.add_argument("--resume-from", default=None, metavar="FOLDER",
+                   help="continue from an --export folder (when newer than --workdir's checkpoint)")
     p.add_argument("--out", default=str(train_toy.DEFAULT_OUT))
     p.add_argument("--measure-samples", type=int, default=200, help="--ship: samples for the unit-ablation figures (0: none)")
     args = p.parse_args(argv)
@@ -562,6 +710,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "float32")
+    if args.export:
+        info, state = export(args)
+        if args.record_progress:
+            record_progress(args, info, state, argv)
+        return
     out = train(args)
     if args.ship:
         ship(out, args, argv)
@@ -605,7 +758,8 @@ def record(out_dir: str, entry: dict) -> None:
     """Put the generator's entry into TRAINING.json and rewrite TRAINING.md (train_toy's writer)."""
     path = os.path.join(out_dir, "TRAINING.json")
     data = json.load(open(path)) if os.path.isfile(path) else {}
-    entry = {**entry, "summary_lines": summary_lines(entry["metrics"])}
+    gan = entry.get("command", "").startswith("python scripts/train_toy_gan.py")
+    entry = {**entry, "summary_lines": summary_lines(entry["metrics"], gan)}
     data["generator"] = entry
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=1)
@@ -613,10 +767,12 @@ def record(out_dir: str, entry: dict) -> None:
     train_toy.write_training_md(out_dir, data)
 
 
-def summary_lines(m: dict) -> list[str]:
-    """TRAINING.md lines of the GAN beyond those train_toy writes for every generator."""
+def summary_lines(m: dict, gan: bool = True) -> list[str]:
+    """TRAINING.md lines beyond those train_toy writes for every generator: what the GAN run was
+    (when `gan`; the VAE of train_toy.py has none) and the quality figures of measure_generator.py."""
     lines = [f"- a GAN (scripts/train_toy_gan.py) at {m.get('resolution')} px on {'/'.join(m.get('classes', []))} "
              "scenes; 'train seconds' is CPU time of the training process (all threads, resumed runs added up)"]
+    lines = lines if gan else []
     hist = m.get("fid_history") or []
     if hist:
         lines.append("- toy FID during training (EMA generator, 1000 z, vs 2000 val scenes at the stage's "

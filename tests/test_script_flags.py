@@ -150,6 +150,10 @@ TRAIN_CASES = [
     (["classifier", "--sigma", "0.3"], "--sigma"),  # a generator flag would be ignored
     (["generator", "--crop", "32"], "--crop"),
     (["segmenter", "--l1", "0.1"], "--l1"),
+    (["segmenter", "--balance", "-0.5"], "--balance"),
+    (["segmenter", "--prior-correction", "nan"], "--prior-correction"),
+    (["classifier", "--balance", "0.5"], "--balance"),  # a segmenter flag would be ignored
+    (["generator", "--prior-correction", "0.75"], "--prior-correction"),
     (["classifier-head", "--measure-only"], "--measure-only"),
     (["classifier", "--out", "{tmp}/file"], "--out"),
     (["classifier", "--cache", "{tmp}/file/x"], "--cache"),

@@ -99,6 +99,8 @@ def test_stage_schedule():
                                                                 (3, True, 1.0), (3, True, 1.0)]
     with pytest.raises(SystemExit):
         tg.parse_args(TINY + ["--steps", "2"])  # grows at or after the end
+    # a checkpoint of step 2 (= --grow-at) was saved before growing: it holds the 8 px networks
+    assert "layer5" not in tg.template_at(args, 2)["g"] and "layer5" in tg.template_at(args, 3)["g"]
 
 
 def test_resume_gives_the_same_weights_and_ship_reproduces_them(tmp_path, capsys):
@@ -130,3 +132,67 @@ def test_resume_gives_the_same_weights_and_ship_reproduces_them(tmp_path, capsys
     assert entry["hyperparameters"]["grow_at"] == 2 and entry["metrics"]["resolution"] == 16
     assert "a GAN (scripts/train_toy_gan.py) at 16 px" in (out / "TRAINING.md").read_text()
     assert (out / "toy_generator_samples.png").stat().st_size > 0
+
+
+def test_export_and_resume_from_it(tmp_path, capsys):
+    """--export writes the workdir's newest state to one folder (read-only on the workdir); a run
+    in a fresh workdir with --resume-from continues from its step with equal arrays and ends where
+    an uninterrupted run ends."""
+    cache = str(tmp_path / "cache")
+    tiny_scenes(cache)
+    common = TINY + ["--cache", cache]
+    whole = tg.train(tg.parse_args(common + ["--steps", "5", "--workdir", str(tmp_path / "a")]))
+    first = tg.train(tg.parse_args(common + ["--steps", "3", "--workdir", str(tmp_path / "b")]))
+    before = sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*"))
+    folder = tmp_path / "exported"
+    tg.main(["--workdir", str(tmp_path / "b"), "--export", str(folder)])  # the settings come from the workdir
+    assert sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*")) == before
+    info = json.loads((folder / "export.json").read_text())
+    assert info["step"] == 3 and info["settings"] == json.loads((tmp_path / "b" / "settings.json").read_text())
+    assert info["cpu_seconds"] >= 0
+    # the exported arrays are the trained ones, all float32 (or the int step / optimizer counts)
+    args = tg.parse_args(common + ["--steps", "3"])
+    template = {**tg.template_at(args, 3), "cpu_seconds": jnp.zeros((), jnp.float32)}
+    import orbax.checkpoint as ocp
+
+    saved = ocp.StandardCheckpointer().restore(str(folder / "state"),
+                                               jax.tree.map(ocp.utils.to_shape_dtype_struct, template))
+    assert set(saved) == {"step", "g", "g_ema", "d", "opt_g", "opt_d", "cpu_seconds"}
+    for a, b in zip(jax.tree.leaves(saved["opt_d"]) + jax.tree.leaves(saved["g_ema"]),
+                    jax.tree.leaves(first["state"]["opt_d"]) + jax.tree.leaves(first["state"]["g_ema"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert {np.asarray(x).dtype.name for x in jax.tree.leaves(saved)} <= {"float32", "int32"}
+    # a fresh workdir resumes from the export: step 3 -> 5, and the result equals the uninterrupted run
+    capsys.readouterr()
+    resumed = tg.train(tg.parse_args(common + ["--steps", "5", "--workdir", str(tmp_path / "c"),
+                                               "--resume-from", str(folder)]))
+    assert "resumed from step 3" in capsys.readouterr().out
+    assert int(resumed["state"]["step"]) == 5
+    for a, b in zip(jax.tree.leaves(whole["state"]), jax.tree.leaves(resumed["state"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    # an export of a run with other settings is refused, naming them; so is a folder that is no export
+    with pytest.raises(SystemExit, match="other settings \\(lr_d\\)"):
+        tg.train(tg.parse_args(common + ["--steps", "5", "--lr-d", "1e-3", "--workdir", str(tmp_path / "d"),
+                                         "--resume-from", str(folder)]))
+    with pytest.raises(SystemExit, match="not an exported run"):
+        tg.train(tg.parse_args(common + ["--steps", "5", "--workdir", str(tmp_path / "e"),
+                                         "--resume-from", str(tmp_path / "a")]))
+    with pytest.raises(SystemExit, match="no training run"):
+        tg.main(["--workdir", str(tmp_path / "nothing"), "--export", str(tmp_path / "x")])
+    # --record-progress: the unfinished run's entry in TRAINING.json / TRAINING.md, with the shipped
+    # generator's toy FID measured the same way (8 z against 8 cached val scenes at the run's 16 px)
+    rng = np.random.default_rng(1)
+    np.savez(os.path.join(cache, "gan-scenes-val-street-park-village-8-0.npz"),
+             image=rng.integers(0, 256, size=(8, 128, 128, 3), dtype=np.uint8))
+    out = tmp_path / "weights"
+    tg.main(["--workdir", str(tmp_path / "c"), "--export", str(tmp_path / "again"), "--record-progress", "--out",
+             str(out), "--fid-samples", "8", "--fid-reference", "8", "--cache", cache])
+    entry = json.loads((out / "TRAINING.json").read_text())[tg.PROGRESS_ENTRY]
+    assert entry["metrics"]["steps_done"] == 5 and entry["metrics"]["resolution"] == 16
+    assert entry["hyperparameters"]["grow_at"] == 2 and entry["hyperparameters"]["channels"] == CHANNELS
+    assert tg.parse_args(entry["command"].split()[2:]).channels == CHANNELS  # the recorded command parses
+    fids = entry["metrics"]["shipped_generator_toy_fid"], entry["metrics"]["toy_fid"]
+    assert all(np.isfinite(f) and f > 0 for f in fids)
+    md = (out / "TRAINING.md").read_text()
+    assert f"## {tg.PROGRESS_ENTRY}" in md and "unfinished: 5 of 16000 steps done (at 16 px" in md
+    assert f"--resume-from {tmp_path / 'again'}" in md
