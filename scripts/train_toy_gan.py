@@ -355,6 +355,11 @@ def real_batch(images: np.ndarray, seed: int, step: int, batch: int) -> jax.Arra
 
 
 # ---- evaluation ----------------------------------------------------------------------------
+def fid_z(samples: int, z_dim: int) -> np.ndarray:
+    """The fixed z of the tracked toy FID: numpy default_rng(FID_Z_SEED) standard normals."""
+    return np.random.default_rng(FID_Z_SEED).standard_normal((samples, z_dim)).astype(np.float32)
+
+
 class FidTracker:
     """Toy FID of a generator's samples for FID_SAMPLES fixed z against reference scenes shown at
     the generator's resolution (box-downsampled, then resized to 128 for the classifier)."""
@@ -365,7 +370,7 @@ class FidTracker:
         self.reference = reference_uint8
         self._features = jax.jit(lambda x: gq.classifier_outputs(self.classifier, x)[0])
         self._ref_stats = {}
-        self.z = np.random.default_rng(FID_Z_SEED).standard_normal((samples, z_dim)).astype(np.float32)
+        self.z = fid_z(samples, z_dim)
 
     def features(self, images_pm1: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(self._features(jnp.asarray(images_pm1[i:i + self.batch])))
@@ -493,6 +498,7 @@ def record_progress(args, info: dict, state: dict, argv: Sequence[str]) -> dict:
     now_fid = round(tracker(stage.sampler(), state["g_ema"], jnp.float32(alpha), resolution), 2)
     train_toy.log(f"step {step}: toy FID {now_fid:.1f} (EMA generator, {len(tracker.z)} samples, {resolution} px)")
     shipped = load("toy_generator")
+    tracker.z = fid_z(args.fid_samples, int(shipped.z_dim))  # the same z when the widths agree (they do here)
     sample = jax.jit(lambda v, z, a: downsample_pm1(shipped.module.apply(v, z), resolution))
     shipped_fid = round(tracker(sample, shipped.variables, jnp.float32(1.0), resolution), 2)
     train_toy.log(f"the shipped toy_generator's toy FID at {resolution} px: {shipped_fid:.1f}")
