@@ -515,6 +515,7 @@ def record_progress(args, info: dict, state: dict, argv: Sequence[str]) -> dict:
     if hist:
         lines.append("- toy FID during training: " + ", ".join(f"step {h['step']} ({h['resolution']} px): "
                                                                f"{h['toy_fid']:.0f}" for h in hist))
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "TRAINING.json")
     data = json.load(open(path)) if os.path.isfile(path) else {}
     command = "python scripts/train_toy_gan.py " + " ".join(f"--{k.replace('_', '-')} "
