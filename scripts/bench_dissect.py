@@ -136,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         cli.check_seg(p, "--seg", args.seg, scenes=True)
     if args.seg == "scenes" and args.dataset not in (None, "scenes"):
         p.fail("--seg", "scenes (the exact labels) needs --dataset scenes")
+    if args.seg == "scenes":
+        args.dataset = "scenes"  # the exact labels come with the scenes images, whatever the model's default
     for flag in ("--layer", "--second-layer"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
