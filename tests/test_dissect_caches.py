@@ -157,8 +157,11 @@ def test_a_kill_in_any_later_stage_resumes_to_identical_results(reference, tmp_p
     with pytest.raises(KeyboardInterrupt):
         dissect(cfg(tmp_path, devices=2), model=model, source=source())
     monkeypatch.undo()
-    if stage != "thumbnails":
-        assert os.path.exists(os.path.join(tmp_path, os.path.basename(ref[0].directory), "checkpoints"))
+    # The kill came after pass 1 finished: its stored result (and the caches) are what the rerun
+    # reuses. (Whether a mid-pass checkpoint of the later stage exists depends on where the
+    # loader's read-ahead met the kill; the checkpoint resume itself is tested in test_dissect_pipeline.)
+    layer_dir = os.path.join(tmp_path, os.path.basename(ref[0].directory))
+    assert os.path.isdir(os.path.join(layer_dir, "stats", "activations")), os.listdir(layer_dir)
     resumed = dissect(cfg(tmp_path, devices=2), model=model, source=source())
     assert_same(resumed, ref)
     for a, b in zip(resumed, ref):

@@ -103,6 +103,7 @@ def test_stage_schedule():
     assert "layer5" not in tg.template_at(args, 2)["g"] and "layer5" in tg.template_at(args, 3)["g"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_and_ship_reproduces_them(tmp_path, capsys):
     cache = str(tmp_path / "cache")
     tiny_scenes(cache)
@@ -134,6 +135,7 @@ def test_resume_gives_the_same_weights_and_ship_reproduces_them(tmp_path, capsys
     assert (out / "toy_generator_samples.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_export_and_resume_from_it(tmp_path, capsys):
     """--export writes the workdir's newest state to one folder (read-only on the workdir); a run
     in a fresh workdir with --resume-from continues from its step with equal arrays and ends where
