@@ -9,10 +9,17 @@ fingerprint is refused (`StaleCacheError`) or, for a run's own cache, started ag
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from typing import Any, Sequence
+import time
+from typing import Any, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # no POSIX file locks (Windows): concurrent runs must not share a cache there
+    fcntl = None
 
 import numpy as np
 import tensorstore as ts
@@ -58,27 +65,36 @@ class ArrayCache:
 
     @classmethod
     def open(cls, path: str | os.PathLike, num_samples: int, sample_shape: Sequence[int], dtype: Any,
-             fingerprint: dict, *, replace_stale: bool = False, fill_value: Any = None) -> "ArrayCache":
+             fingerprint: dict, *, replace_stale: bool = False, fill_value: Any = None,
+             may_create: bool = True, wait_seconds: float = 600.0) -> "ArrayCache":
         """Open the cache at `path`, creating it if absent. A cache with another fingerprint, size
-        or dtype is removed and made anew when `replace_stale`, else StaleCacheError says what differs."""
+        or dtype is removed and made anew when `replace_stale`, else StaleCacheError says what differs.
+
+        Runs that open the same cache at once (processes of one run, or separate runs) take turns
+        under a file lock beside it, so one creates it and the others open what it made. A process
+        with `may_create=False` (not process 0 of a multi-process run) never creates or removes:
+        it waits up to `wait_seconds` for the cache with this fingerprint to exist."""
         path = os.fspath(path)
         expected = {"fingerprint": fp.canonical(fingerprint), "num_samples": int(num_samples),
                     "sample_shape": [int(s) for s in sample_shape], "dtype": dtype_name(dtype)}
-        stored = _read_json(os.path.join(path, FINGERPRINT_FILE))
-        if stored is not None and stored != expected:
-            if not replace_stale:
-                diff = "; ".join(fp.differences(stored, expected))
-                raise StaleCacheError(f"the cache {path} was made by something else ({diff}); remove it to rebuild it")
-            shutil.rmtree(path)
-            stored = None
-        elif stored is None and os.path.exists(path):
-            shutil.rmtree(path)  # an unfinished creation: nothing in it can be trusted
-        if stored is None:
-            os.makedirs(path, exist_ok=True)
-            store = ts.open(_spec(path, expected, fill_value, create=True), context=_CONTEXT).result()
-            atomic_write_text(os.path.join(path, FINGERPRINT_FILE), json.dumps(expected, indent=1))
-        else:
-            store = ts.open(_spec(path, expected, fill_value, create=False), context=_CONTEXT).result()
+        if not may_create:
+            return cls(path, _wait_for(path, expected, fill_value, wait_seconds), expected)
+        with _creation_lock(path):
+            stored = _read_json(os.path.join(path, FINGERPRINT_FILE))
+            if stored is not None and stored != expected:
+                if not replace_stale:
+                    diff = "; ".join(fp.differences(stored, expected))
+                    raise StaleCacheError(f"the cache {path} was made by something else ({diff}); remove it to rebuild it")
+                shutil.rmtree(path)
+                stored = None
+            elif stored is None and os.path.exists(path):
+                shutil.rmtree(path)  # an unfinished creation: nothing in it can be trusted
+            if stored is None:
+                os.makedirs(path, exist_ok=True)
+                store = ts.open(_spec(path, expected, fill_value, create=True), context=_CONTEXT).result()
+                atomic_write_text(os.path.join(path, FINGERPRINT_FILE), json.dumps(expected, indent=1))
+            else:
+                store = ts.open(_spec(path, expected, fill_value, create=False), context=_CONTEXT).result()
         return cls(path, store, expected)
 
     @property
@@ -132,6 +148,36 @@ def _spec(path: str, expected: dict, fill_value: Any, create: bool) -> dict:
     else:
         spec["open"] = True
     return spec
+
+
+@contextlib.contextmanager
+def _creation_lock(path: str) -> Iterator[None]:
+    """An exclusive advisory lock on `.<name>.lock` beside the cache folder (released by the
+    kernel if its holder dies); a no-op where POSIX locks are missing."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(os.path.join(parent, f".{name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _wait_for(path: str, expected: dict, fill_value: Any, seconds: float) -> ts.TensorStore:
+    """Open the cache another process creates, once its fingerprint is `expected`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        stored = _read_json(os.path.join(path, FINGERPRINT_FILE))
+        if stored == expected:
+            return ts.open(_spec(path, expected, fill_value, create=False), context=_CONTEXT).result()
+        if time.monotonic() > deadline:
+            state = "absent" if stored is None else "made by something else"
+            raise StaleCacheError(f"waited {seconds:.0f} s for process 0 to create the cache {path}; it is still {state}")
+        time.sleep(0.05)
 
 
 def _read_json(path: str) -> dict | None:

@@ -227,3 +227,44 @@ def test_a_stale_cache_is_replaced_not_mixed(tmp_path):
     fresh = ArrayCache.open(tmp_path / "c", 4, (2,), "float32", {"made_by": "B"}, replace_stale=True)
     assert not fresh.present().any()
     shutil.rmtree(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_cache_at_once_share_one_creation(tmp_path):
+    """Four processes create the same cache at the same moment (like the processes of one run):
+    every one opens it, and what each wrote is there for the others (none removed another's
+    half-made folder, the race a multi-process run once lost)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time, numpy as np; from jaxdissect import array_cache\n"
+            "from jaxdissect.array_cache import ArrayCache\n"
+            "write = array_cache.atomic_write_text  # a slow creation: the others arrive mid-way\n"
+            "array_cache.atomic_write_text = lambda *a: (time.sleep(0.5), write(*a))\n"
+            "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
+            "c = ArrayCache.open(sys.argv[1], 8, (3,), 'float32', {'k': 1}, replace_stale=True)\n"
+            "i = int(sys.argv[2]); c.write(np.array([i]), np.full((1, 3), i, np.float32)).result()\n")
+    path = str(tmp_path / "cache")
+    ArrayCache.open(path, 8, (3,), "float32", {"k": "stale"})  # every process must replace this one
+    start = __import__("time").time() + 8.0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", code, path, str(i), str(start)], env=env,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    c = ArrayCache.open(path, 8, (3,), "float32", {"k": 1})
+    np.testing.assert_array_equal(c.present(), [True] * 4 + [False] * 4)
+    np.testing.assert_array_equal(c.read(np.arange(4))[:, 0], np.arange(4))
+
+
+def test_a_process_that_may_not_create_waits_for_the_cache_then_names_it(tmp_path):
+    import threading
+
+    path = tmp_path / "cache"
+    with pytest.raises(Exception, match=r"waited 0 s for process 0 to create the cache .*cache; it is still absent"):
+        ArrayCache.open(path, 4, (2,), "float32", {"k": 1}, may_create=False, wait_seconds=0.2)
+    assert not path.exists()  # it neither created nor removed anything
+    threading.Timer(0.3, lambda: ArrayCache.open(path, 4, (2,), "float32", {"k": 1}).write(
+        np.array([1]), np.ones((1, 2))).result()).start()
+    c = ArrayCache.open(path, 4, (2,), "float32", {"k": 1}, may_create=False, wait_seconds=30)
+    assert c.shape == (4, 2)

@@ -256,14 +256,14 @@ class DissectRun:
         """The activation cache of `layer` (N, h, w, units) in its results folder."""
         return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "activations"), self.num_samples,
                                self.geometry[layer].shape, self.config.cache_dtype,
-                               self.activations_fingerprint(layer), replace_stale=True)
+                               self.activations_fingerprint(layer), replace_stale=True, may_create=parallel.is_primary())
 
     def peaks_cache(self, layer: str) -> ArrayCache:
         """Each image's peak activation of every unit of `layer` (N, units), in its results folder:
         small, always kept (open-vocabulary labels and class selectivity read it)."""
         return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "peaks"), self.num_samples,
                                (self.geometry[layer].units,), "float32", self.activations_fingerprint(layer),
-                               replace_stale=True)
+                               replace_stale=True, may_create=parallel.is_primary())
 
     def seg_cache_dir(self) -> str:
         """Shared segmentations under $JAXDISSECT_HOME, keyed by the images and the segmenter; a
@@ -279,8 +279,9 @@ class DissectRun:
 
     def seg_cache(self) -> ArrayCache:
         dtype = "int16" if len(self.labels) < 2**15 else "int32"
-        return ArrayCache.open(self.seg_cache_dir(), self.num_samples, (self.seg_channels, *self.seg_hw), dtype,
-                               self._seg_cache_fingerprint(), replace_stale=True)
+        path = self.seg_cache_dir()
+        return ArrayCache.open(path, self.num_samples, (self.seg_channels, *self.seg_hw), dtype,
+                               self._seg_cache_fingerprint(), replace_stale=True, may_create=self._may_create(path))
 
     def image_cache(self) -> ArrayCache | None:
         """Generators: their output images at thumbnail size (the thumbnails' pictures), shared
@@ -292,7 +293,14 @@ class DissectRun:
                "thumbsize": t}
         root = (os.path.join(self.primary_dir, "cache", "images") if self.fingerprints["images"] is None
                 else os.path.join(cache_dir(), "generated-images", fp.digest(key)[:24]))
-        return ArrayCache.open(root, self.num_samples, (t, t, 3), "uint8", key, replace_stale=True)
+        return ArrayCache.open(root, self.num_samples, (t, t, 3), "uint8", key, replace_stale=True,
+                               may_create=self._may_create(root))
+
+    def _may_create(self, cache_path: str) -> bool:
+        """Whether this process creates the cache: in the results folder (which every process
+        sees) only process 0 does; under $JAXDISSECT_HOME (maybe one per host) each process may."""
+        inside_results = os.path.abspath(cache_path).startswith(os.path.abspath(self.primary_dir) + os.sep)
+        return parallel.is_primary() or not inside_results
 
     def check_disk_space(self, layers_to_cache: list[str], seg_missing: int) -> None:
         """Refuse up front, with the numbers and the flags that help, when the caches would not fit."""
