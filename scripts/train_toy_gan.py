@@ -302,9 +302,10 @@ def _render(args):
 
 
 def class_scenes(split: str, classes: Sequence[str], n: int, seed: int, cache: str | None = None,
-                 processes: int = 2) -> np.ndarray:
+                 processes: int | None = None) -> np.ndarray:
     """uint8 images (n, 128, 128, 3): the first n scenes of `split` whose class is in `classes`
-    (cached as .npz under `cache`)."""
+    (cached as .npz under `cache`), rendered by `processes` processes (default: one per core)."""
+    processes = processes or os.cpu_count() or 1
     ids = sorted(SCENE_CLASSES.index(c) for c in classes)
     tag = "-".join(SCENE_CLASSES[i] for i in ids)
     path = pathlib.Path(cache) / f"gan-scenes-{split}-{tag}-{n}-{seed}.npz" if cache else None
@@ -312,7 +313,7 @@ def class_scenes(split: str, classes: Sequence[str], n: int, seed: int, cache: s
         with np.load(path) as f:
             return f["image"]
     t = time.time()
-    chunk = max(64, n // 8)
+    chunk = max(64, n // (8 * max(1, processes)))  # rounds of 4 chunks per process: little rendered past n
     out, start = [], 0
     if n < 500 or processes < 2:  # not worth starting processes
         while len(out) < n:

@@ -7,6 +7,17 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache for the whole test run, in-process tests and the scripts and
+# workers they launch alike (they inherit the variables): a step compiled once, by any test, is
+# loaded from disk by the next test that builds the same computation. It starts empty (a new
+# folder per run unless the caller names one, as .ci/run does to share it between its steps).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdissect-test-jit-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # Segmentation caches and converted weights go to $JAXDISSECT_HOME: keep the tests' out of the
 # user's home (a test that needs its own sets it with monkeypatch).
 if "JAXDISSECT_HOME" not in os.environ:
