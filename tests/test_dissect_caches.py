@@ -105,8 +105,7 @@ def test_segmentations_are_cached_and_reused_by_another_layer_and_model(tmp_path
     model = small_models.tiny_classifier(size=32)
     [first] = dissect(cfg(tmp_path / "a", layers=("features.conv2",)), model=model, source=source(), segmenter=seg)
     assert seg.traces == 1
-    cached = [d for d in os.listdir(tmp_path / "home" / "segmentations")]
-    assert len(cached) == 1
+    assert len(cache_folders(tmp_path / "home" / "segmentations")) == 1
     # Another layer, and another model with other weights, on the same images: no segmenter runs.
     [second] = dissect(cfg(tmp_path / "b", layers=("features.conv3",)), model=model, source=source(), segmenter=seg)
     other = small_models.tiny_classifier(seed=5, size=32)
@@ -122,7 +121,14 @@ def test_segmentations_are_cached_and_reused_by_another_layer_and_model(tmp_path
     monkeypatch.setenv("JAXDISSECT_HOME", str(tmp_path / "home"))
     dissect(cfg(tmp_path / "e", layers=("features.conv3",)), model=model, source=source(12), segmenter=seg)
     assert seg.traces == 2
-    assert len(os.listdir(tmp_path / "home" / "segmentations")) == 2
+    assert len(cache_folders(tmp_path / "home" / "segmentations")) == 2
+
+
+def cache_folders(root):
+    """The caches in `root` (each has a hidden `.<name>.lock` beside it, taken while it is created)."""
+    names = os.listdir(root)
+    assert all(f".{n}.lock" in names for n in names if not n.startswith("."))
+    return [n for n in names if not n.startswith(".")]
 
 
 class KillAfter:
