@@ -313,7 +313,7 @@ def class_scenes(split: str, classes: Sequence[str], n: int, seed: int, cache: s
         with np.load(path) as f:
             return f["image"]
     t = time.time()
-    chunk = max(64, n // (8 * max(1, processes)))  # rounds of 4 chunks per process: little rendered past n
+    chunk = max(64, n // (8 * processes))  # a round (4 chunks per process) renders about n / 2 scenes
     out, start = [], 0
     if n < 500 or processes < 2:  # not worth starting processes
         while len(out) < n:

@@ -256,14 +256,15 @@ class DissectRun:
         """The activation cache of `layer` (N, h, w, units) in its results folder."""
         return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "activations"), self.num_samples,
                                self.geometry[layer].shape, self.config.cache_dtype,
-                               self.activations_fingerprint(layer), replace_stale=True, may_create=parallel.is_primary())
+                               self.activations_fingerprint(layer), replace_stale=True,
+                               may_create=self._may_create(self.dirs[layer]))
 
     def peaks_cache(self, layer: str) -> ArrayCache:
         """Each image's peak activation of every unit of `layer` (N, units), in its results folder:
         small, always kept (open-vocabulary labels and class selectivity read it)."""
         return ArrayCache.open(os.path.join(self.dirs[layer], "cache", "peaks"), self.num_samples,
                                (self.geometry[layer].units,), "float32", self.activations_fingerprint(layer),
-                               replace_stale=True, may_create=parallel.is_primary())
+                               replace_stale=True, may_create=self._may_create(self.dirs[layer]))
 
     def seg_cache_dir(self) -> str:
         """Shared segmentations under $JAXDISSECT_HOME, keyed by the images and the segmenter; a
@@ -297,10 +298,11 @@ class DissectRun:
                                may_create=self._may_create(root))
 
     def _may_create(self, cache_path: str) -> bool:
-        """Whether this process creates the cache: in the results folder (which every process
-        sees) only process 0 does; under $JAXDISSECT_HOME (maybe one per host) each process may."""
-        inside_results = os.path.abspath(cache_path).startswith(os.path.abspath(self.primary_dir) + os.sep)
-        return parallel.is_primary() or not inside_results
+        """Whether this process may create or replace the cache: in the results folders under
+        --outdir (which every process sees) only process 0 does, and the others open what it
+        made; under $JAXDISSECT_HOME (maybe one per host) each process may."""
+        outdir = os.path.abspath(self.config.outdir) + os.sep
+        return parallel.is_primary() or not os.path.abspath(cache_path).startswith(outdir)
 
     def check_disk_space(self, layers_to_cache: list[str], seg_missing: int) -> None:
         """Refuse up front, with the numbers and the flags that help, when the caches would not fit."""
