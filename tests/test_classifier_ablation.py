@@ -13,6 +13,7 @@ import pytest
 import small_models
 from jaxdissect import edit, parallel
 from jaxdissect.capture import capture
+from jaxdissect.experiments import common
 from jaxdissect.dissect import sources
 from jaxdissect.experiments import classifier_ablation as ca
 from jaxdissect.experiments import classifier_report
@@ -324,11 +325,11 @@ def test_killed_stage_resumes_to_identical_counts(tmp_path):
 
 def test_bad_input_is_named():
     names = ("street", "lake")
-    assert ca.resolve_classes(["lake", "0"], names) == (1, 0)
+    assert common.resolve_classes(["lake", "0"], names) == (1, 0)
     with pytest.raises(ValueError, match="unknown class 'ski'"):
-        ca.resolve_classes(["ski"], names)
+        common.resolve_classes(["ski"], names)
     with pytest.raises(ValueError, match="out of range"):
-        ca.resolve_classes([5], names)
+        common.resolve_classes([5], names)
     model = planted_model()
     train, val = planted_sources()
     unlabelled = ArraySource(train.images, train.labels, train.classes)

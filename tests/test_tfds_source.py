@@ -7,7 +7,8 @@ from jaxdissect.data.image_folder import prepare_image
 from jaxdissect.data.tfds_images import parse_tfds_name
 from jaxdissect.dissect import sources
 from jaxdissect.dissect import DissectConfig
-from jaxdissect.dissect.run import dataset_short_name, result_dir
+from jaxdissect.dissect.run import result_dir
+from jaxdissect.folder_names import dataset_short_name
 
 
 def test_names():

@@ -29,6 +29,7 @@ from jaxdissect.data.tfds_images import parse_tfds_name
 from jaxdissect.dissect import identity
 from jaxdissect.data import sources
 from jaxdissect.dissect.config import DissectConfig
+from jaxdissect.folder_names import dissection_folder
 from jaxdissect.models import available, load
 from jaxdissect.models import registry
 from jaxdissect.models.registry import LoadedModel
@@ -458,28 +459,8 @@ def make_segmenter(seg: str, source):
 
 
 def result_dir(config: DissectConfig, dataset: str, model_name: str, layer: str, seg: str) -> str:
-    """The original's naming: <model>-<dataset>-<seg>-<layer>[-<quantile*1000>][-t<thumbsize>]."""
-    short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    dataset = dataset_short_name(dataset)
-    if short.startswith("proggan_"):
-        short, dataset = "progan", short[len("proggan_"):]
-    layer_short = (layer[len("features."):] if layer.startswith("features.") else layer).replace(SPEC_SEPARATOR, "-")
-    name = f"{short}-{dataset}-{seg}-{layer_short}"
-    if config.quantile != 0.005:
-        name += "-%g" % (config.quantile * 1000)
-    if config.thumbsize != 100:
-        name += f"-t{config.thumbsize}"
-    return os.path.join(config.outdir, name)
-
-
-def dataset_short_name(dataset: str) -> str:
-    """The dataset's part of a results folder name: a folder's base name, a tfds dataset's name
-    (with its split unless 'validation'), or the name given."""
-    tfds_name = parse_tfds_name(dataset)
-    if tfds_name is not None:
-        name, split = tfds_name
-        return name if split == "validation" else f"{name}-{split}"
-    return os.path.basename(os.path.normpath(dataset)) if os.path.sep in dataset else dataset
+    """The layer's results folder under config.outdir (jaxdissect.folder_names.dissection_folder)."""
+    return dissection_folder(config.outdir, model_name, dataset, seg, layer, config.quantile, config.thumbsize)
 
 
 __all__ = ["DissectRun", "LayerGeometry", "result_dir", "resolve_layers", "resolve_dataset"]

@@ -20,6 +20,8 @@ import numpy as np
 from jaxdissect import checkpoints, parallel
 from jaxdissect.config_error import ConfigError
 from jaxdissect.data.places import is_places365
+from jaxdissect.experiments import common
+from jaxdissect.folder_names import dataset_short_name, experiment_folder, layer_short_name
 from jaxdissect.passes import StageStore
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
@@ -100,12 +102,8 @@ class InterventionResult:
 
 def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
-    short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
-    from jaxdissect.dissect.run import dataset_short_name
-
-    dataset = dataset_short_name(config.dataset)
-    layer_short = layer[len("features."):] if layer.startswith("features.") else layer
-    return os.path.join(config.outdir, f"{short}-{dataset}-intervention-{layer_short}")
+    return experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "intervention",
+                             layer_short_name(layer))
 
 
 def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
@@ -169,35 +167,6 @@ def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
     return kept
 
 
-def _class_names(model, num_classes: int) -> tuple[str, ...]:
-    if model.labels is not None and len(model.labels) == num_classes:
-        return tuple(model.labels)
-    return tuple(str(i) for i in range(num_classes))
-
-
-def _check_source_classes(source, class_names: Sequence[str], what: str) -> None:
-    classes = getattr(source, "classes", None)
-    if classes is not None and len(classes) != len(class_names):
-        raise ValueError(f"the {what} images have {len(classes)} classes but the model predicts "
-                         f"{len(class_names)}: class ids would not match")
-
-
-def resolve_classes(names: Sequence[str | int], class_names: Sequence[str]) -> tuple[int, ...]:
-    """Class ids of names (or ids); a clear error names an unknown class."""
-    out = []
-    for name in names:
-        if isinstance(name, (int, np.integer)) or (isinstance(name, str) and name.isdigit()):
-            i = int(name)
-            if not 0 <= i < len(class_names):
-                raise ValueError(f"class id {i} out of range 0..{len(class_names) - 1}")
-        elif name in class_names:
-            i = list(class_names).index(name)
-        else:
-            raise ValueError(f"unknown class {name!r}; classes: {', '.join(class_names)}")
-        out.append(i)
-    return tuple(out)
-
-
 def run_masks_stage(stages: StageStore, name: str, model, layer: str, source, masks: np.ndarray,
                     num_classes: int, config: InterventionConfig, mesh, fingerprint: dict,
                     desc: str) -> dict[str, np.ndarray]:
@@ -255,7 +224,7 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
     example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
     units = int(jax.eval_shape(layer_forward(model, layer), model.variables, example).shape[-1])
     num_classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
-    class_names = _class_names(model, num_classes)
+    class_names = common.class_names(model, num_classes)
     ns = experiment_ns(config.ns, units, layer)
     dist_n = min(config.distribution_n, units - 1)
     curve_names = config.curve_classes
@@ -263,15 +232,15 @@ def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=N
         defaults = DEFAULT_CURVE_CLASSES.get("places" if is_places365(config.dataset) else config.dataset, ())
         curve_names = tuple(n for n in defaults if n in class_names) or class_names[:1]
     try:
-        curve_classes = resolve_classes(curve_names, class_names)
+        curve_classes = common.resolve_classes(curve_names, class_names)
     except ValueError as e:
         raise ConfigError("curve_classes", str(e)) from None
     if train_source is None or val_source is None:  # after the checks: Places may be downloaded here
         default_train, default_val = make_sources(config, model)
         train_source = train_source if train_source is not None else default_train
         val_source = val_source if val_source is not None else default_val
-    _check_source_classes(train_source, class_names, "ranking")
-    _check_source_classes(val_source, class_names, "measuring")
+    common.check_source_classes(train_source, class_names, "ranking")
+    common.check_source_classes(val_source, class_names, "measuring")
     directory = experiment_dir(config, model.name, layer)
     mesh = parallel.make_mesh(config.devices)
     stages = StageStore(directory)
