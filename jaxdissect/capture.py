@@ -36,15 +36,6 @@ def _dotted(module: nn.Module) -> str:
     return ".".join(module.path)
 
 
-def _example_input(model: LoadedModel) -> jax.ShapeDtypeStruct:
-    """A batch-of-one abstract input: (1, z_dim) for generators, (1, H, W, 3) for image models."""
-    if model.kind == "generator":
-        return jax.ShapeDtypeStruct((1, int(model.config["z_dim"])), jnp.float32)
-    if model.input_size is None:
-        raise ValueError(f"model {model.name!r} has no input_size; pass an example input")
-    return jax.ShapeDtypeStruct((1, *map(int, model.input_size), 3), jnp.float32)
-
-
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
@@ -63,7 +54,7 @@ def _paths_with_call(tree: Mapping, prefix: tuple[str, ...] = ()) -> list[str]:
 def valid_layer_names(model: LoadedModel, x: Any = None) -> tuple[str, ...]:
     """Every dotted module path that a forward pass calls (a dry run via eval_shape, cached per module)."""
     if model.module not in _VALID_NAMES:
-        example = _example_input(model) if x is None else _abstract(x)
+        example = model.abstract_input() if x is None else _abstract(x)
 
         def dry(variables, x):
             _, state = model.module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
@@ -176,7 +167,7 @@ def layer_shapes(model: LoadedModel, layers: Sequence[str] | str | None = None,
     """Shapes of the given layers (default: model.layer_names) for input `x` (default: a batch
     of one at the model's input size), computed with eval_shape (nothing is run)."""
     layers = model.layer_names if layers is None else ((layers,) if isinstance(layers, str) else tuple(layers))
-    example = _example_input(model) if x is None else _abstract(x)
+    example = model.abstract_input() if x is None else _abstract(x)
     _check_names(model, layers, "capture", example)
     fn = capture_fn(model.module, tuple(layers))
     _, acts = jax.eval_shape(fn, model.variables, example, {})

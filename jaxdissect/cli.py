@@ -20,7 +20,6 @@ import sys
 from typing import Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from jaxdissect.capture import capture_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError, UserError
@@ -29,6 +28,8 @@ from jaxdissect.models.registry import LoadedModel, ModelSpec, available, get_sp
 from jaxdissect.run_lock import RunLockedError
 from jaxdissect.segment.merge import SEGMENTER_NAMES
 from weight_conversion.errors import DownloadError
+from jaxdissect.models import flags as model_flags
+from jaxdissect.models import user_model
 
 EXIT_USER_ERROR = 2
 EXIT_LOCKED = 3
@@ -40,7 +41,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # --no-x: "default: True" misleads
+        if "default" in text or switch or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
 
@@ -152,17 +154,10 @@ def check_model(parser: ArgumentParser, flag: str, name: str, kinds: Sequence[st
     return spec
 
 
-def _spec_example(spec: ModelSpec) -> jax.ShapeDtypeStruct:
-    """An abstract batch of one input: z for a generator, an image otherwise."""
-    if spec.kind == "generator":
-        return jax.ShapeDtypeStruct((1, int(spec.default_config["z_dim"])), jnp.float32)
-    return jax.ShapeDtypeStruct((1, *map(int, spec.input_size), 3), jnp.float32)
-
-
 def spec_layer_names(spec: ModelSpec) -> tuple[str, ...]:
     """Every layer name a model built from its spec's default config calls (no weights read)."""
     module = spec.build(spec.default_config)
-    example = _spec_example(spec)
+    example = spec.abstract_input()
     variables = jax.eval_shape(module.init, jax.random.key(0), example)
     model = LoadedModel(spec.name, spec.kind, module, variables, dict(spec.default_config), spec.input_size,
                         spec.normalization, spec.default_layer, tuple(spec.layer_names), None)
@@ -172,7 +167,7 @@ def spec_layer_names(spec: ModelSpec) -> tuple[str, ...]:
 def spec_layer_units(spec: ModelSpec, layer: str) -> int:
     """The unit (channel) count of a layer of the model built from its spec (no weights read)."""
     module = spec.build(spec.default_config)
-    example = _spec_example(spec)
+    example = spec.abstract_input()
     variables = jax.eval_shape(module.init, jax.random.key(0), example)
     _, acts = jax.eval_shape(capture_fn(module, (layer,)), variables, example, {})
     return int(acts[layer].shape[-1])
@@ -314,9 +309,6 @@ def check_model_or_factory(parser: ArgumentParser, flag: str, args: argparse.Nam
     """(spec, None) for a registered model; (None, the loaded model) for your own model given as
     package.module:factory with the --input-size/--normalization/--key-map/--prefix-tokens flags
     (loaded here, so that a bad factory, bad weights or a wrong kind exit 2 before any work)."""
-    from jaxdissect.models import flags as model_flags
-    from jaxdissect.models import user_model
-
     if user_model.is_factory_path(args.model):
         try:
             model = model_flags.load_from_flags(args)

@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from weight_conversion.cache import cache_dir
+
 ENV_VAR = "JAX_COMPILATION_CACHE_DIR"  # jax's own setting wins when given
 
 
@@ -20,8 +22,6 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
     if current:
         return str(current)
     if path is None:
-        from weight_conversion.cache import cache_dir
-
         path = cache_dir() / "jax-compilation-cache"
     jax.config.update("jax_compilation_cache_dir", str(path))
     return str(path)

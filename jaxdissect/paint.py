@@ -87,7 +87,7 @@ class Painter:
         self.units_per_concept = min(units_per_concept, self.num_units)
         self.min_iou = min_iou
         out = jax.eval_shape(lambda v, z: model.module.apply(v, z), model.variables,
-                             jax.ShapeDtypeStruct((1, int(model.z_dim)), jnp.float32))
+                             model.abstract_input())
         self.image_hw = tuple(out.shape[1:3])
 
     @classmethod

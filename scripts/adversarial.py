@@ -6,8 +6,8 @@ targeted Carlini-Wagner L2 attack, and the change of every unit's peak activatio
 layer is compared for the target's 4 most important units, the source class's 4, and the rest
 (importance = single-unit ablation on the train split, shared with intervene_classifier.py).
 `--model vgg16_places --dataset places` reproduces the paper (targets bedroom, computer_room,
-hangar-indoor, ski_resort, volleyball_court-outdoor; 1000 images each). Batches of attacks are
-saved as they finish; a killed run continues.
+hangar-indoor, ski_resort, volleyball_court-outdoor; 1000 images each). The attacks are
+checkpointed as they go and each target's are kept when finished; a killed run continues.
 
     python scripts/adversarial.py
     python scripts/adversarial.py --attack pgd_linf --epsilon 0.01 --images-per-target 50
@@ -19,28 +19,20 @@ import argparse
 import dataclasses
 import sys
 
-from jaxdissect import cli, parallel
-from jaxdissect.models.flags import add_model_flags
+from jaxdissect import cli, config_flags, parallel
+from jaxdissect.compilation_cache import enable_compilation_cache
+from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments.adversarial import FAST_CW, AdversarialConfig, run_experiment
 from jaxdissect.experiments.attacks import attack_config
+from jaxdissect.models.flags import add_model_flags
 
 PROG = "adversarial.py"
 CW_FLAGS = ("binary_search_steps", "learning_rate", "initial_const", "confidence", "no_abort_early")
 PGD_FLAGS = ("epsilon", "rel_stepsize", "no_random_start")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
-    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default="toy_classifier", help="registered classifier (toy_classifier, vgg16_places, "
-                   "alexnet_places, resnet152_places) or the original's vgg16/alexnet/resnet152")
-    p.add_argument("--dataset", default=None, help="'scenes' (default for toy models), 'places' (default otherwise), "
-                   "tfds:NAME, or a folder with train/ and val/ class folders")
-    p.add_argument("--layer", default=None, help="layer whose units are measured (default: the model's default)")
-    p.add_argument("--targets", nargs="+", default=None,
-                   help="target classes (names or ids; default: every scene class / the paper's five for Places)")
-    p.add_argument("--images-per-target", type=cli.positive_int, default=None,
-                   help="images attacked per target (default: 10 scenes / 1000 for Places)")
+def add_attack_flags(p: argparse.ArgumentParser) -> None:
+    """--attack and the attacks' own settings (CWConfig / PGDConfig), flags of this script."""
     p.add_argument("--attack", default="cw", choices=("cw", "pgd_l2", "pgd_linf"), help="the attack")
     g = p.add_argument_group("Carlini-Wagner L2 (--attack cw; defaults: foolbox 2's, as the original used; for the "
                              "scenes world a CPU-sized schedule: 4 rounds of 100 steps, lr 0.01, initial const 0.1)")
@@ -58,24 +50,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rel-stepsize", type=cli.positive_float, default=None,
                    help="step / epsilon (default 0.025 l2, 0.01/0.3 linf)")
     g.add_argument("--no-random-start", action="store_true", help="start at the image, not a random point of the ball")
-    p.add_argument("--ranking-file", default=None, help=".npz with 'ranking' (classes, units) or the original's "
-                   "ttv_unit_ablation.npz ('single_unit_ablation_ba'); default: computed on the train split")
-    p.add_argument("--train-size", type=cli.positive_int, default=None,
-                   help="images ranking the units (default 2000 scenes)")
-    p.add_argument("--val-size", type=cli.positive_int, default=None,
-                   help="candidate images to attack (default: all of val)")
-    p.add_argument("--examples", type=cli.nonnegative_int, default=2, help="example pictures per target")
-    p.add_argument("--delta-threshold", type=cli.positive_float, default=None,
-                   help="activation change outlined in the examples (default 0.1 x the mean peak activation)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per batch (all devices)")
-    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
-    p.add_argument("--outdir", default="results", help="folder under which result folders are made")
-    p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
-    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="image order and PGD random starts")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message). The
+    experiment's flags, their defaults and help come from AdversarialConfig, which checks its own
+    values; the attack's are this script's."""
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    config_flags.add_config_flags(p, AdversarialConfig)
+    add_attack_flags(p)
     add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
+    try:
+        config_from_args(args)  # the config checks its own values
+    except ConfigError as e:
+        p.fail(e.flag, e.message)
     spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_existing(p, "--ranking-file", args.ranking_file, "file")
@@ -94,24 +84,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def config_from_args(args: argparse.Namespace) -> AdversarialConfig:
-    model = cli.MODEL_ALIASES.get(args.model, args.model)
-    dataset = args.dataset or ("scenes" if model.startswith("toy") or ":" in model else "places")
+def attack_from_args(args: argparse.Namespace, dataset: str):
+    """The attack's config: the flags given over the defaults (FAST_CW's for the scenes world)."""
     if args.attack == "cw":
         base = dataclasses.asdict(FAST_CW) if dataset == "scenes" else {}
         given = dict(binary_search_steps=args.binary_search_steps, steps=args.steps, learning_rate=args.learning_rate,
                      initial_const=args.initial_const, confidence=args.confidence,
                      abort_early=False if args.no_abort_early else None)
-        attack = attack_config("cw", **{**base, **{k: v for k, v in given.items() if v is not None}})
-    else:
-        attack = attack_config(args.attack, epsilon=args.epsilon, steps=args.steps, rel_stepsize=args.rel_stepsize,
-                               random_start=False if args.no_random_start else None)
-    return AdversarialConfig(
-        model=model, dataset=dataset, layer=args.layer, targets=tuple(args.targets) if args.targets else None,
-        images_per_target=args.images_per_target, attack=attack, ranking_file=args.ranking_file,
-        train_size=args.train_size, val_size=args.val_size, seed=args.seed, batch_size=args.batch_size,
-        devices=args.devices, outdir=args.outdir, weights=args.weights, examples=args.examples,
-        delta_threshold=args.delta_threshold, progress=not args.no_progress)
+        return attack_config("cw", **{**base, **{k: v for k, v in given.items() if v is not None}})
+    return attack_config(args.attack, epsilon=args.epsilon, steps=args.steps, rel_stepsize=args.rel_stepsize,
+                         random_start=False if args.no_random_start else None)
+
+
+def config_from_args(args: argparse.Namespace) -> AdversarialConfig:
+    """The config of the parsed flags (the original's model names resolved, the model's default dataset)."""
+    config = config_flags.config_from_args(AdversarialConfig, args, attack=AdversarialConfig().attack)
+    return dataclasses.replace(config, attack=attack_from_args(args, config.dataset))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +124,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jaxdissect.compilation_cache import enable_compilation_cache
-
     enable_compilation_cache()
     sys.exit(main())

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     host = list(sources.prefetch(source, ranges, positions))
     batches = [[parallel.assemble(mesh, rows, a, batch_size) for a in (b.inputs, b.labels.astype(np.int32), b.ok)]
                for b in host]
-    example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
+    example = model.abstract_input()
     units = int(jax.eval_shape(ca.layer_forward(model, layer), model.variables, example).shape[-1])
     classes = int(jax.eval_shape(model.module.apply, model.variables, example).shape[-1])
     masks = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])

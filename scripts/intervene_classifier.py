@@ -13,12 +13,14 @@ gives each unit's IoU. `--model vgg16_places --dataset places` reproduces the pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-from jaxdissect import cli, parallel
+from jaxdissect import cli, config_flags, parallel
+from jaxdissect.config_error import ConfigError
 from jaxdissect.models.flags import add_model_flags
-from jaxdissect.experiments.classifier_ablation import DEFAULT_NS, InterventionConfig, run_experiment
+from jaxdissect.experiments.classifier_ablation import DEFAULT_NS, ClassifierAblationConfig, run_experiment
 from jaxdissect.experiments.classifier_report import headline
 
 PROG = "intervene_classifier.py"
@@ -27,44 +29,22 @@ PROG = "intervene_classifier.py"
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
     p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default="toy_classifier", help="registered classifier (toy_classifier, vgg16_places, "
-                   "alexnet_places, resnet152_places) or the original's vgg16/alexnet/resnet152")
-    p.add_argument("--dataset", default=None, help="'scenes' (default for toy models), 'places' (default otherwise; "
-                   "downloaded once), tfds:NAME (its train and validation splits, e.g. tfds:places365_small), "
-                   "or a folder with train/ and val/ class folders")
-    p.add_argument("--layer", default=None, help="layer to ablate (default: the model's default layer)")
-    p.add_argument("--train-size", type=cli.positive_int, default=None,
-                   help="images used to rank units (default: 2000 scenes; for Places as many as val)")
-    p.add_argument("--val-size", type=cli.positive_int, default=None,
-                   help="images used to measure (default: 1000 scenes; all of Places365 val)")
-    p.add_argument("--ns", type=cli.positive_int, nargs="+", default=None,
-                   help="numbers of best units removed / kept per class, each below the layer's unit count "
-                        f"(default: {' '.join(map(str, DEFAULT_NS))}, those below the unit count)")
-    p.add_argument("--curve-classes", nargs="*", default=None,
-                   help="classes (names or ids) for the full 1..units-1 curves (default: street lake for the "
-                        "scenes, ski_resort computer_room hangar-indoor volleyball_court-outdoor for Places)")
-    p.add_argument("--distribution-n", type=cli.positive_int, default=20,
-                   help="N of the all-classes figure (the paper's 20; at most the layer's units - 1)")
-    p.add_argument("--random-draws", type=cli.positive_int, default=5, help="random N-unit sets per N, the control")
-    p.add_argument("--batch-size", type=cli.positive_int, default=50, help="images per batch (all devices)")
-    p.add_argument("--mask-chunk", type=cli.positive_int, default=32, help="masks evaluated at once per device (memory)")
-    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
-    p.add_argument("--outdir", default="results", help="folder under which result folders are made")
-    p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
-    p.add_argument("--seg", default=None, help="segmenter of the dissection when it has to be run (default: scenes "
-                   "for the scenes world, netpqc otherwise)")
-    p.add_argument("--dissection-sample-size", type=cli.positive_int, default=None,
-                   help="samples of that dissection (default: the dissection's)")
-    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed of the random control sets")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    config_flags.add_config_flags(p, ClassifierAblationConfig, skip=("curve_classes",))
+    curve = {f.name: f for f in dataclasses.fields(ClassifierAblationConfig)}["curve_classes"]
+    p.add_argument("--curve-classes", nargs="*", default=curve.default, help=curve.metadata["help"])  # none: no curves
     add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
+    try:
+        config_from_args(args)  # the config checks its own values
+    except ConfigError as e:
+        p.fail(e.flag, e.message)
     spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     if spec is not None:
         cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
-    if spec is not None and args.ns and args.weights is None:  # the packaged/published weights have the spec's shapes
+    # the packaged/published weights have the spec's shapes; the defaults are clipped to the layer quietly
+    if spec is not None and tuple(args.ns) != DEFAULT_NS and args.weights is None:
         layer = args.layer or spec.default_layer
         layer = layer if layer in cli.spec_layer_names(spec) else f"features.{layer}"
         units = cli.spec_layer_units(spec, layer)
@@ -74,24 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                            f"{', '.join(map(str, bad))}")
     cli.check_dataset(p, "--dataset", args.dataset, ("scenes", "places"), splits=("train", "val"))
     cli.check_seg(p, "--seg", args.seg, scenes=True)
-    if args.seg == "scenes" and (args.dataset or ("scenes" if spec is None or spec.name.startswith("toy") else "places")) != "scenes":
-        p.fail("--seg", "scenes (the exact labels) needs --dataset scenes; use toy or net[p][q][c]")
     cli.check_outdir(p, "--outdir", args.outdir)
     cli.check_distributed(p, args)
     return args
 
 
-def config_from_args(args: argparse.Namespace) -> InterventionConfig:
-    model = cli.MODEL_ALIASES.get(args.model, args.model)
-    dataset = args.dataset or ("scenes" if model.startswith("toy") or ":" in model else "places")
-    return InterventionConfig(
-        model=model, dataset=dataset, layer=args.layer, train_size=args.train_size, val_size=args.val_size,
-        ns=tuple(args.ns) if args.ns else DEFAULT_NS,
-        curve_classes=tuple(args.curve_classes) if args.curve_classes is not None else None,
-        distribution_n=args.distribution_n, random_draws=args.random_draws, seed=args.seed,
-        batch_size=args.batch_size, mask_chunk=args.mask_chunk, devices=args.devices, outdir=args.outdir,
-        weights=args.weights, seg=args.seg, dissection_sample_size=args.dissection_sample_size,
-        progress=not args.no_progress)
+def config_from_args(args: argparse.Namespace) -> ClassifierAblationConfig:
+    """The config of the parsed flags (the original's model names resolved, the model's default dataset)."""
+    return config_flags.config_from_args(ClassifierAblationConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

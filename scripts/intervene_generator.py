@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxdissect import cli, parallel
+from jaxdissect import cli, config_flags, parallel
+from jaxdissect.config_error import ConfigError
 from jaxdissect.models.flags import add_model_flags
-from jaxdissect.experiments.generator_intervention import InterventionConfig, run_interventions
+from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, run_interventions
 
 PROG = "intervene_generator.py"
 
@@ -25,36 +26,14 @@ PROG = "intervene_generator.py"
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
     p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default="toy_generator", help="toy_generator or proggan_<domain>")
-    p.add_argument("--layer", default=None, help="default: the model's default layer (layer4 for Progressive GANs)")
-    p.add_argument("--seg", default=None, help="segmenter: toy or net[p][q][c] (default: toy for toy models, "
-                   "netpqc otherwise)")
-    p.add_argument("--remove-class", default=None, help="segmenter class whose units are zeroed (default: tree)")
-    p.add_argument("--insert-class", default=None, help="segmenter class whose units are switched on (default: door; "
-                   "tree for the toy generator, which draws no doors)")
-    p.add_argument("--sample-size", type=cli.positive_int, default=None,
-                   help="z for the ablations (default 200 toy / 10000)")
-    p.add_argument("--insert-sample-size", type=cli.positive_int, default=None,
-                   help="z for the insertion (default 50 toy / 10000)")
-    p.add_argument("--dissect-sample-size", type=cli.positive_int, default=None,
-                   help="z for the dissection (default 1000 toy / 10000)")
-    p.add_argument("--max-units", type=cli.positive_int, default=30,
-                   help="ablate the best 0..N units (at most the layer's units)")
-    p.add_argument("--insert-units", type=cli.positive_int, default=20,
-                   help="units switched on together (at most the layer's units)")
-    p.add_argument("--no-single-units", action="store_true", help="skip ablating every unit singly")
-    p.add_argument("--quantile", type=cli.open_unit_float, default=0.01, help="the dissection's top quantile")
-    p.add_argument("--batch-size", type=cli.positive_int, default=10, help="z per batch (all devices)")
-    p.add_argument("--chunk", type=cli.positive_int, default=8, help="edited images regenerated together per sample")
-    p.add_argument("--devices", type=cli.positive_int, default=None, help="use the first N devices (default: all)")
-    p.add_argument("--outdir", default="results", help="folder under which result folders are made")
-    p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
-    p.add_argument("--min-context-samples", type=cli.nonnegative_int, default=100,
-                   help="contexts seen fewer times are left out of the bar chart")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    config_flags.add_config_flags(p, GeneratorInterventionConfig)
     add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)
+    try:
+        config_from_args(args)  # the config checks its own values
+    except ConfigError as e:
+        p.fail(e.flag, e.message)
     spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("generator",))
     cli.check_existing(p, "--weights", args.weights)
     if spec is not None:
@@ -65,14 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def config_from_args(args: argparse.Namespace) -> InterventionConfig:
-    return InterventionConfig(
-        model=args.model, layer=args.layer, seg=args.seg, remove_class=args.remove_class,
-        insert_class=args.insert_class, sample_size=args.sample_size, insert_sample_size=args.insert_sample_size,
-        dissect_sample_size=args.dissect_sample_size, max_units=args.max_units, insert_units=args.insert_units,
-        single_units=not args.no_single_units, quantile=args.quantile, batch_size=args.batch_size, chunk=args.chunk,
-        devices=args.devices, outdir=args.outdir, weights=args.weights, min_context_samples=args.min_context_samples,
-        progress=not args.no_progress)
+def config_from_args(args: argparse.Namespace) -> GeneratorInterventionConfig:
+    """The config of the parsed flags."""
+    return config_flags.config_from_args(GeneratorInterventionConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -733,15 +733,15 @@ def check_args(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Load, dissect (or reuse the dissection), compile, and serve until Ctrl-C."""
-    from jaxdissect.experiments.generator_intervention import InterventionConfig, dissected_layer
+    from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, dissected_layer
     from jaxdissect.models import load
     from jaxdissect.paint import Painter
 
     model = load(args.model, args.weights)
     if args.layer is not None and args.layer not in model.layer_names:
         raise UsageError(f"--layer: unknown layer {args.layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")
-    cfg = InterventionConfig(model=args.model, layer=args.layer, seg=args.seg, outdir=args.outdir,
-                             dissect_sample_size=args.dissect_sample_size, weights=args.weights)
+    cfg = GeneratorInterventionConfig(model=args.model, layer=args.layer, seg=args.seg, outdir=args.outdir,
+                                      dissect_sample_size=args.dissect_sample_size, weights=args.weights)
     model, segmenter, result, _ = dissected_layer(cfg, model=model)
     painter = Painter.from_dissection(model, result, units_per_concept=args.units)
     seg_name = args.seg or ("toy" if model.name.startswith("toy_") else "netpqc")

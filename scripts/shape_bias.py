@@ -10,76 +10,56 @@ and resumable; figures, thumbnails, shape_bias.json and a report per layer are w
     python scripts/shape_bias.py --paired-dataset scenes-stylized-materials --layers conv4_2
     python scripts/shape_bias.py --model vgg16 --dataset data/places/val \\
         --paired-dataset data/stylized-places/val --pattern '^(.*Places365_\\w+_\\d+)'
+
+Exit codes: 0 done, 2 bad flags or input (one-line message; --debug shows the traceback),
+3 another run is writing the same results folder.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from jaxdissect import cli, config_flags, parallel
+from jaxdissect.config_error import ConfigError
+from jaxdissect.experiments.shape_bias import ShapeBiasConfig, paired_name, run_experiment
+
+PROG = "shape_bias.py"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default="toy_classifier", help="registered classifier (toy_classifier, vgg16_places, "
-                   "...) or the original's vgg16/alexnet/resnet152")
-    p.add_argument("--dataset", default="scenes", help="'scenes' (default) or a folder of images")
-    p.add_argument("--paired-dataset", default=None,
-                   help="the other versions: scenes-stylized (default for scenes; materials and colours changed), "
-                        "scenes-stylized-materials, scenes-stylized-colors, or a folder paired by file name")
-    p.add_argument("--pattern", default=None, help="regular expression giving a file's pairing key (its first group); "
-                   "default: the relative path without extension and without a '-stylized-...' suffix")
-    p.add_argument("--layers", nargs="+", default=None, help="layers to compare (default: every conv layer)")
-    p.add_argument("--seg", default=None, help="segmenter for folders (default netpqc); the scenes use exact labels")
-    p.add_argument("--quantile", type=float, default=0.01, help="a unit is on in its top `quantile` of activations")
-    p.add_argument("--miniou", type=float, default=0.04, help="IoU above which a unit counts as labelled")
-    p.add_argument("--sample-size", type=int, default=None, help="pairs used (default: 1000 scenes, every pair)")
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--topk", type=int, default=20, help="top stylized pairs kept per unit")
-    p.add_argument("--thumbsize", type=int, default=100, help="size of the unit thumbnails")
-    p.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
-    p.add_argument("--outdir", default="results", help="folder under which the result folder is made")
-    p.add_argument("--weights", default=None, help="weights folder or .pth file (default: packaged/cached)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from jaxdissect.parallel import add_distributed_flags
-
-    add_distributed_flags(p)
-    return p.parse_args(argv)
+    """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
+    doc = __doc__.split("\n\n")
+    p = cli.ArgumentParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]))
+    config_flags.add_config_flags(p, ShapeBiasConfig)
+    parallel.add_distributed_flags(p)
+    args = p.parse_args(argv)
+    try:
+        paired_name(config_from_args(args))  # the config checks its own values; the datasets must pair
+    except ConfigError as e:
+        p.fail(e.flag, e.message)
+    spec = cli.check_model(p, "--model", args.model, ("classifier",))
+    cli.check_existing(p, "--weights", args.weights)
+    cli.check_layers(p, "--layers", spec, args.layers, args.weights)
+    cli.check_seg(p, "--seg", args.seg, scenes=True)
+    cli.check_outdir(p, "--outdir", args.outdir)
+    cli.check_distributed(p, args)
+    return args
 
 
-def config_from_args(args: argparse.Namespace):
-    from jaxdissect.dissect.config import MODEL_ALIASES
-    from jaxdissect.experiments.shape_bias import ShapeBiasConfig
+def config_from_args(args: argparse.Namespace) -> ShapeBiasConfig:
+    """The config of the parsed flags."""
+    return config_flags.config_from_args(ShapeBiasConfig, args)
 
-    if not 0 < args.quantile < 1:
-        raise ValueError(f"--quantile must lie in (0, 1), got {args.quantile}")
-    if args.sample_size is not None and args.sample_size < 1:
-        raise ValueError(f"--sample-size must be >= 1, got {args.sample_size}")
-    return ShapeBiasConfig(
-        model=MODEL_ALIASES.get(args.model, args.model), dataset=args.dataset, paired_dataset=args.paired_dataset,
-        pattern=args.pattern, layers=tuple(args.layers or ()), seg=args.seg, quantile=args.quantile,
-        miniou=args.miniou, sample_size=args.sample_size, batch_size=args.batch_size, topk=args.topk,
-        thumbsize=args.thumbsize, devices=args.devices, outdir=args.outdir, weights=args.weights,
-        progress=not args.no_progress)
+
+def run(args: argparse.Namespace) -> int:
+    parallel.initialize_from_flags(args)
+    cli.check_devices(args.devices)
+    run_experiment(config_from_args(args))
+    return 0
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from jaxdissect import parallel
-
-    parallel.initialize_from_flags(args)
-    from jaxdissect.dissect.runstate import RunLockedError
-    from jaxdissect.experiments.shape_bias import run_experiment
-
-    try:
-        config = config_from_args(args)
-        run_experiment(config)
-    except RunLockedError as e:
-        print(f"shape_bias.py: {e}", file=sys.stderr)
-        return 3
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"shape_bias.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_script(PROG, parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The adversarial experiment: groups and intervals against hand cases, masked_delta's look, and
-the whole driver on a planted-unit classifier (attacks change exactly the planted units; resume;
-device counts; saved images), plus the paper's finding on the trained toy classifier (slow)."""
+the whole driver on a planted-unit classifier (attacks change exactly the planted units; resume
+on the pass engine; device counts; example pictures attacked again), plus the paper's finding on
+the trained toy classifier (slow)."""
+import dataclasses
 import json
 import os
 
@@ -9,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect import models
+from jaxdissect import models, parallel
 from jaxdissect.dissect import sources
 from jaxdissect.experiments import adversarial as adv
 from jaxdissect.experiments import adversarial_report as rep
@@ -106,9 +108,10 @@ def planted_model():
 class ArraySource:
     kind = "images"
 
-    def __init__(self, images, labels, classes, fail_at_call=None):
+    def __init__(self, images, labels, classes, fail_at_call=None, fail_when=None):
         self.images, self.labels, self.classes = images, labels, tuple(classes)
         self.fail_at_call, self.calls = fail_at_call, 0
+        self.fail_when = fail_when  # indices -> True: that load is killed (once)
 
     def __len__(self):
         return len(self.images)
@@ -117,6 +120,9 @@ class ArraySource:
         idx = np.asarray(indices, np.int64)
         self.calls += 1
         if self.calls - 1 == self.fail_at_call:
+            raise KeyboardInterrupt("simulated kill")
+        if self.fail_when is not None and self.fail_when(idx):
+            self.fail_when = None
             raise KeyboardInterrupt("simulated kill")
         return sources.Batch(idx.astype(np.int32), self.images[idx], np.ones(len(idx), bool),
                              labels=self.labels[idx].astype(np.int32))
@@ -133,22 +139,26 @@ def planted_data(n, seed):
     return np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8), labels
 
 
-def planted_sources(fail_at_call=None):
+def planted_sources(fail_at_call=None, fail_when=None):
     classes = planted_model().labels
     return (ArraySource(*planted_data(300, 1), classes),
-            ArraySource(*planted_data(120, 2), classes, fail_at_call=fail_at_call))
+            ArraySource(*planted_data(120, 2), classes, fail_at_call=fail_at_call, fail_when=fail_when))
 
 
 CW = A.CWConfig(binary_search_steps=4, steps=150, learning_rate=0.02, initial_const=1.0)
 
 
+def planted_config(tmp_path, devices=None, **kw):
+    settings = dict(model="planted_classifier", dataset="planted", targets=("class0", "class2"), images_per_target=10,
+                    attack=CW, batch_size=8, devices=devices, outdir=str(tmp_path), examples=1, progress=False)
+    return adv.AdversarialConfig(**{**settings, **kw})
+
+
 def run_planted(tmp_path, devices=None, val=None, **kw):
     train, default_val = planted_sources()
     val = default_val if val is None else val
-    cfg = adv.AdversarialConfig(model="planted_classifier", dataset="planted", targets=("class0", "class2"),
-                                images_per_target=10, attack=CW, batch_size=8, devices=devices,
-                                outdir=str(tmp_path), examples=1, progress=False, **kw)
-    return adv.run_experiment(cfg, model=planted_model(), train_source=train, attack_source=val)
+    return adv.run_experiment(planted_config(tmp_path, devices, **kw), model=planted_model(), train_source=train,
+                              attack_source=val)
 
 
 def test_planted_classifier_attacks_change_exactly_the_planted_units(tmp_path):
@@ -183,11 +193,80 @@ def test_planted_classifier_attacks_change_exactly_the_planted_units(tmp_path):
     with open(os.path.join(result.directory, "peak_change.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(os.listdir(os.path.join(result.directory, "examples"))) == 2
-    batch = adv.load_batch(adv.batch_path(result.directory, "class0", 0))
-    logits = PlantedClassifier().apply({}, jnp.asarray(batch["adversarial"]))
-    np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), 0)  # still adversarial after saving
-    np.testing.assert_allclose(np.linalg.norm((batch["adversarial"] - batch["original"] / 255.0).reshape(
-        len(batch["l2"]), -1), axis=1), batch["l2"], rtol=1e-3)
+    # The attacks are kept as per-image records of the pass engine's stages, no images: the
+    # adversarial images are attacked again, exactly as the pass did (same seeds, batch, devices).
+    assert sorted(os.listdir(os.path.join(result.directory, "stages"))) == ["attacks_0", "attacks_2", "predictions"]
+    assert not os.path.exists(os.path.join(result.directory, "checkpoints", "attacks_0"))
+    assert not os.path.exists(os.path.join(result.directory, "adversarial"))
+    rec = result.records["class0"]
+    _, val = planted_sources()
+    again = adv.attack_images(planted_model(), "units", val, 0, rec.indices[:8], planted_config(tmp_path),
+                              parallel.make_mesh())
+    for field in ("success", "predicted", "l2", "linf"):
+        np.testing.assert_array_equal(again[field], getattr(rec, field)[:8], err_msg=field)
+    np.testing.assert_array_equal(again["peak_adv"], rec.peak_adv[:8])
+    np.testing.assert_array_equal(again["original"], val.images[rec.indices[:8]])
+    logits = PlantedClassifier().apply({}, jnp.asarray(again["adversarial"]))
+    np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), 0)  # the adversarial images themselves
+    np.testing.assert_allclose(np.linalg.norm((again["adversarial"] - again["original"] / 255.0).reshape(8, -1),
+                                              axis=1), rec.l2[:8], rtol=1e-3)
+
+
+def test_attacks_pass_stopped_and_resumed_equals_one_run(tmp_path):
+    """The attacks of a target are a pass of the engine: stopped after a batch (checkpointed),
+    resumed, they equal an uninterrupted run exactly; once stored they are read back, and other
+    settings (another seed) are not mixed in."""
+    model, (_, val) = planted_model(), planted_sources()
+    cfg = planted_config(tmp_path, devices=4, batch_size=4, checkpoint_every=1)
+    mesh = parallel.make_mesh(4)
+    indices = np.array([5, 17, 3, 60, 41, 2, 99, 7, 23, 11])
+    labels = val.labels[indices]
+    whole = adv.attack_target(model, "units", val, 1, indices, labels, cfg, mesh)  # no folder: nothing kept
+    folder = str(tmp_path / "run")
+    assert adv.attack_target(model, "units", val, 1, indices, labels, cfg, mesh, directory=folder,
+                             stop_after=1) is None
+    assert os.path.isdir(os.path.join(folder, "checkpoints", "attacks_1"))
+    counting = ArraySource(val.images, val.labels, val.classes)
+    resumed = adv.attack_target(model, "units", counting, 1, indices, labels, cfg, mesh, directory=folder)
+    assert counting.calls == 2  # 3 batches of 4: the first was checkpointed
+    assert not os.path.exists(os.path.join(folder, "checkpoints", "attacks_1"))  # cleared once stored
+    fields = ("target", "indices", "labels", "sources", "success", "predicted", "l2", "linf", "peak_orig", "peak_adv")
+    for field in fields:
+        np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field), err_msg=field)
+    assert whole.success.all() and (whole.predicted == 1).all()
+    reading = ArraySource(val.images, val.labels, val.classes)
+    stored = adv.attack_target(model, "units", reading, 1, indices, labels, cfg, mesh, directory=folder)
+    assert reading.calls == 0
+    for field in fields:
+        np.testing.assert_array_equal(getattr(stored, field), getattr(whole, field), err_msg=field)
+    other = ArraySource(val.images, val.labels, val.classes)
+    adv.attack_target(model, "units", other, 1, indices, labels, dataclasses.replace(cfg, seed=1), mesh,
+                      directory=folder)
+    assert other.calls == 3  # another seed: the stored attacks are not reused
+
+
+def test_an_example_whose_attack_does_not_reproduce_is_left_out(tmp_path, monkeypatch):
+    """The pictures re-attack their images; one whose attack no longer matches its record is
+    left out with a warning, the others are drawn."""
+    model = planted_model()
+    _, val = planted_sources()
+    images = val.images[:2]
+    record = adv.TargetRecord(target=0, indices=np.array([0, 1]), labels=val.labels[:2], sources=np.array([1, 2]),
+                              success=np.array([True, True]), predicted=np.array([0, 0]), l2=np.ones(2),
+                              linf=np.ones(2), peak_orig=np.zeros((2, U), np.float32),
+                              peak_adv=np.zeros((2, U), np.float32))
+    result = adv.AdversarialResult(str(tmp_path), model.name, "units", {}, model.labels, np.zeros((K + 1, U)),
+                                   {"class0": record}, {})
+
+    def replayed(model_, layer, source, target, indices, config, mesh):
+        return {"success": np.array([True, False]), "predicted": np.array([0, 3]), "original": images,
+                "adversarial": images.astype(np.float32) / 255.0}
+
+    monkeypatch.setattr(adv, "attack_images", replayed)
+    with pytest.warns(UserWarning, match="image 1 attacked towards 'class0' again gave success False, class 3"):
+        examples = adv.collect_examples(result, model, val, planted_config(tmp_path, examples=2), parallel.make_mesh(1))
+    assert [e.index for e in examples] == [0]
+    assert examples[0].maps_original.shape == (4, 4, U)
 
 
 def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
@@ -215,14 +294,20 @@ def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
 def test_killed_run_resumes_on_another_device_count_with_the_same_results(tmp_path):
     _, val = planted_sources()
     full = run_planted(tmp_path / "a", devices=8, val=val)
-    calls = val.calls  # selection batches, then one load per attack batch (2 targets x 2 batches)
-    # Killed while loading the last attack batch; rerun with another device count.
-    _, dying = planted_sources(fail_at_call=calls - 1)
+    last = set(full.records["class2"].indices[8:].tolist())  # the last attack batch (8 images a batch)
+    assert set(full.records["class0"].indices[8:].tolist()) != last
+    # Killed while loading the last attack batch (checkpoints after every batch); rerun with
+    # another device count.
+    _, dying = planted_sources(fail_when=lambda idx: set(idx.tolist()) == last)
     with pytest.raises(KeyboardInterrupt):
-        run_planted(tmp_path / "b", devices=2, val=dying)
+        run_planted(tmp_path / "b", devices=2, val=dying, checkpoint_every=1)
+    folder = os.path.join(tmp_path / "b", os.path.basename(full.directory))
+    assert os.path.isdir(os.path.join(folder, "checkpoints", "attacks_2"))
     _, again = planted_sources()
-    resumed = run_planted(tmp_path / "b", devices=2, val=again)
-    assert again.calls == 1  # the selection and three batches were read back, one batch attacked
+    resumed = run_planted(tmp_path / "b", devices=2, val=again, checkpoint_every=1)
+    # The predictions and the first target were read back and one batch attacked; then the two
+    # example images (one per target) were attacked again for the pictures.
+    assert again.calls == 1 + 2
     for name in full.records:
         a, b = full.records[name], resumed.records[name]
         np.testing.assert_array_equal(a.indices, b.indices)

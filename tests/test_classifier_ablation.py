@@ -218,8 +218,9 @@ def planted_run(tmp_path_factory):
     best_iou = np.where(np.arange(U) % 4 == 0, 0.3, 0.05)  # the strongest unit of each class is "interpretable"
     dissection = fake_dissection(out / "dissection", best_iou, [f"concept{u}" for u in range(U)])
     train, val = planted_sources()
-    cfg = ca.InterventionConfig(outdir=str(out), ns=(1, 2, 4, 20), distribution_n=4, curve_classes=("class1",),
-                                batch_size=32, mask_chunk=16, devices=2, progress=False, random_draws=8)
+    cfg = ca.ClassifierAblationConfig(outdir=str(out), ns=(1, 2, 4, 20), distribution_n=4,
+                                      curve_classes=("class1",), batch_size=32, mask_chunk=16, devices=2,
+                                      progress=False, random_draws=8)
     result = ca.run_experiment(cfg, model=planted_model(), train_source=train, val_source=val,
                                dissection=dissection)
     return out, cfg, dissection, result
@@ -339,9 +340,10 @@ def test_bad_input_is_named():
         ca.evaluate_masks(model, "units", unlabelled, np.eye(U), K + 1, mesh=parallel.make_mesh(1))
     wrong = ArraySource(val.images, val.labels, ("a", "b"))
     with pytest.raises(ValueError, match="2 classes but the model predicts 5"):
-        ca.run_experiment(ca.InterventionConfig(progress=False), model=model, train_source=train, val_source=wrong)
+        ca.run_experiment(ca.ClassifierAblationConfig(progress=False), model=model, train_source=train,
+                          val_source=wrong)
     with pytest.raises(ValueError, match="unknown layer"):
-        ca.run_experiment(ca.InterventionConfig(layer="nope", progress=False), model=model, train_source=train,
+        ca.run_experiment(ca.ClassifierAblationConfig(layer="nope", progress=False), model=model, train_source=train,
                           val_source=val)
 
 
@@ -382,9 +384,9 @@ def toy_run(tmp_path_factory):
         pytest.skip("the trained toy_classifier weights are not shipped yet")
     from jaxdissect.models import load
 
-    cfg = ca.InterventionConfig(outdir=str(tmp_path_factory.mktemp("toy")), train_size=600, val_size=600,
-                                ns=(4, 20), curve_classes=(), progress=False, dissection_sample_size=200,
-                                batch_size=50)
+    cfg = ca.ClassifierAblationConfig(outdir=str(tmp_path_factory.mktemp("toy")), train_size=600, val_size=600,
+                                      ns=(4, 20), curve_classes=(), progress=False, dissection_sample_size=200,
+                                      batch_size=50)
     return ca.run_experiment(cfg, model=load("toy_classifier"))
 
 

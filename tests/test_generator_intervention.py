@@ -388,10 +388,10 @@ def test_changed_setting_recomputes_the_pass(fns, tmp_path, change):
 
 @pytest.mark.slow
 def test_run_interventions_end_to_end(tmp_path, monkeypatch):
-    cfg = gi.InterventionConfig(model="handgen", layer="layer2", seg="hand", remove_class="tree",
-                                insert_class="door", sample_size=16, insert_sample_size=8, dissect_sample_size=32,
-                                max_units=3, insert_units=1, batch_size=8, outdir=str(tmp_path), progress=False,
-                                min_context_samples=1, devices=2)
+    cfg = gi.GeneratorInterventionConfig(model="handgen", layer="layer2", seg="hand", remove_class="tree",
+                                         insert_class="door", sample_size=16, insert_sample_size=8,
+                                         dissect_sample_size=32, max_units=3, insert_units=1, batch_size=8,
+                                         outdir=str(tmp_path), progress=False, min_context_samples=1, devices=2)
     res = gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
     assert res.removal.units[0] == 1 and res.context.units.tolist() == [2]
     assert res.removal.removed[1] == pytest.approx(1.0)
@@ -483,8 +483,8 @@ toy_only = pytest.mark.skipif(not _toy_weights_installed(), reason="toy_generato
 
 @pytest.fixture(scope="module")
 def toy_dissection(tmp_path_factory):
-    cfg = gi.InterventionConfig(outdir=str(tmp_path_factory.mktemp("toy")), dissect_sample_size=200, batch_size=10,
-                                progress=False)
+    cfg = gi.GeneratorInterventionConfig(outdir=str(tmp_path_factory.mktemp("toy")), dissect_sample_size=200,
+                                         batch_size=10, progress=False)
     model, segmenter, result, sketch = gi.dissected_layer(cfg)
     return cfg, gi.GeneratorFns(model, result.layer, segmenter), result, sketch
 

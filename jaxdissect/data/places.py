@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import zipfile
 
+from jaxdissect.atomic import atomic_directory
+from weight_conversion.cache import cache_dir, download_path
+from weight_conversion.downloads import download
+
 PLACES_URL = "https://dissect.csail.mit.edu/datasets/places_{split}.zip"
 PLACES_MD5 = {"val": "593bbc21590cf7c396faac2e600cd30c", "train": "d1db6ad3fc1d69b94da325ac08886a01"}
 
@@ -16,17 +20,11 @@ def is_places365(dataset: str) -> bool:
 
 
 def places_dir(split: str = "val") -> str:
-    from weight_conversion.cache import cache_dir
-
     return os.path.join(cache_dir(), "datasets", "places", split)
 
 
 def ensure_places_val(split: str = "val", url: str | None = None) -> str:
     """The folder of Places365 `split` images, downloading and unpacking it on first use."""
-    from jaxdissect.atomic import atomic_directory
-    from weight_conversion.cache import download_path
-    from weight_conversion.downloads import download
-
     target = places_dir(split)
     if os.path.isdir(target):
         return target

@@ -107,7 +107,7 @@ class DissectRun:
         batch_size = parallel.padded_batch_size(config.batch_size, mesh)
         forward = capture_views_fn(model, layers)
         try:
-            out, acts = jax.eval_shape(lambda v, x: forward(v, x, {}), model.variables, example_input(model))
+            out, acts = jax.eval_shape(lambda v, x: forward(v, x, {}), model.variables, model.abstract_input())
         except ValueError as e:  # a layer with no spatial view
             raise ConfigError("--layers", str(e)) from None
         image_hw = tuple(out.shape[1:3]) if model.kind == "generator" else tuple(model.input_size)
@@ -346,12 +346,6 @@ def _seg_channels(segmenter: Any, source: Any, image_hw: tuple[int, int]) -> int
         return int(batch.segmentation.shape[1])
     images = jax.ShapeDtypeStruct((1, *image_hw, 3), jnp.float32)
     return int(jax.eval_shape(lambda x: segmenter.segment(x, 1), images).shape[1])
-
-
-def example_input(model: LoadedModel) -> jax.ShapeDtypeStruct:
-    if model.kind == "generator":
-        return jax.ShapeDtypeStruct((1, int(model.z_dim)), jnp.float32)
-    return jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,9 +19,16 @@ import numpy as np
 
 from jaxdissect import checkpoints, parallel
 from jaxdissect.config_error import ConfigError
-from jaxdissect.data.places import is_places365
-from jaxdissect.experiments import common
+from jaxdissect.config_flags import option
+from jaxdissect.data import sources
+from jaxdissect.data.places import ensure_places_val, is_places365
+from jaxdissect.data.tfds_images import parse_tfds_name
+from jaxdissect.dissect import DissectConfig, dissect, runstate
+from jaxdissect.dissect.config import MODEL_ALIASES
+from jaxdissect.dissect.run import resolve_layers
+from jaxdissect.experiments import classifier_report, common
 from jaxdissect.folder_names import dataset_short_name, experiment_folder, layer_short_name
+from jaxdissect.models import load
 from jaxdissect.passes import StageStore
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
                                                masks_digest, model_input_function, stage_fingerprint, sweep_logits,
@@ -39,29 +46,70 @@ METRICS = ("precision", "recall", "accuracy", "true_negative_rate", "balanced_ac
 
 
 @dataclasses.dataclass(frozen=True)
-class InterventionConfig:
-    """What to ablate and on what; the defaults run the embedded toy classifier on the scenes world."""
+class ClassifierAblationConfig:
+    """What to ablate and on what; the defaults run the embedded toy classifier on the scenes world.
 
-    model: str = "toy_classifier"
-    dataset: str = "scenes"  # 'scenes', 'places', or a folder with train/ and val/ class folders
-    layer: str | None = None  # default: the model's default layer
-    train_size: int | None = None  # ranking samples; default 2000 scenes / as many as val for Places
-    val_size: int | None = None  # measuring samples; default 1000 scenes / all of Places365 val
-    ns: tuple[int, ...] = DEFAULT_NS  # clipped to 1 <= N < units
-    curve_classes: tuple[str, ...] | None = None  # classes for the full 1..units-1 curves
-    distribution_n: int = 20  # N of the all-classes figure (the paper's 20)
-    random_draws: int = 5  # random N-unit sets per N (the control)
-    tie_break: bool = True  # order units of equal BA by the class's mean log-probability (False: unit id)
-    seed: int = 0
-    batch_size: int = 50
-    mask_chunk: int = 32
-    devices: int | None = None
-    outdir: str = "results"
-    weights: str | None = None
-    seg: str | None = None  # segmenter of the dissection run when its folder is missing
-    dissection_sample_size: int | None = None
-    checkpoint_every: int = 20
-    progress: bool = True
+    Checks its values when built (ConfigError naming the field); the original's short model names
+    (vgg16, alexnet, resnet152) become the registered ones, and no dataset means the default for
+    the model."""
+
+    model: str = option("toy_classifier", "registered classifier (toy_classifier, vgg16_places, alexnet_places, "
+                        "resnet152_places) or the original's vgg16/alexnet/resnet152")
+    dataset: str | None = option(None, "'scenes' (default for toy models), 'places' (default otherwise; downloaded "
+                                 "once), tfds:NAME (its train and validation splits, e.g. tfds:places365_small), or a "
+                                 "folder with train/ and val/ class folders")
+    layer: str | None = option(None, "layer to ablate (default: the model's default layer)")
+    train_size: int | None = option(None, "images used to rank units (default: 2000 scenes; for Places as many as "
+                                    "val)")
+    val_size: int | None = option(None, "images used to measure (default: 1000 scenes; all of Places365 val)")
+    ns: tuple[int, ...] = option(DEFAULT_NS, "numbers of best units removed / kept per class, each below the layer's "
+                                 f"unit count (default: {' '.join(map(str, DEFAULT_NS))}, those below the unit "
+                                 "count)", metavar="N")
+    curve_classes: tuple[str, ...] | None = option(None, "classes (names or ids) for the full 1..units-1 curves "
+                                                   "(default: street lake for the scenes, ski_resort computer_room "
+                                                   "hangar-indoor volleyball_court-outdoor for Places)")
+    distribution_n: int = option(20, "N of the all-classes figure (the paper's 20; at most the layer's units - 1)")
+    random_draws: int = option(5, "random N-unit sets per N, the control")
+    tie_break: bool = option(True, "order units of equal BA by the class's mean log-probability (False: unit id)",
+                             cli=False)
+    seed: int = option(0, "seed of the random control sets")
+    batch_size: int = option(50, "images per batch (all devices)")
+    mask_chunk: int = option(32, "masks evaluated at once per device (memory)")
+    devices: int | None = option(None, "use the first N devices (default: all)")
+    outdir: str = option("results", "folder under which result folders are made")
+    weights: str | None = option(None, "weights folder or .pth file (default: packaged/cached)")
+    seg: str | None = option(None, "segmenter of the dissection when it has to be run (default: scenes for the "
+                             "scenes world, netpqc otherwise)")
+    dissection_sample_size: int | None = option(None, "samples of that dissection (default: the dissection's)")
+    checkpoint_every: int = option(20, "batches between checkpoints of a pass", cli=False)
+    progress: bool = option(True, "no progress bars", flags=("--no-progress",))
+
+    def __post_init__(self):
+        model = MODEL_ALIASES.get(self.model, self.model)
+        object.__setattr__(self, "model", model)
+        if self.dataset is None:
+            object.__setattr__(self, "dataset", "scenes" if model.startswith("toy") or ":" in model else "places")
+        self.check()
+
+    def check(self) -> None:
+        """The values are usable (ConfigError naming the field otherwise)."""
+        for field in ("distribution_n", "random_draws", "batch_size", "mask_chunk", "checkpoint_every"):
+            if int(getattr(self, field)) < 1:
+                raise ConfigError(field, f"must be at least 1, got {getattr(self, field)}")
+        for field in ("train_size", "val_size", "devices", "dissection_sample_size"):
+            if getattr(self, field) is not None and int(getattr(self, field)) < 1:
+                raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(self, field)}")
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
+        bad = [n for n in self.ns if int(n) < 1]
+        if not self.ns or bad:
+            raise ConfigError("ns", f"each N must be at least 1, got {', '.join(map(str, bad)) or 'none'}")
+        if self.seg == "scenes" and self.dataset != "scenes":
+            raise ConfigError("seg", "scenes (the exact labels) needs --dataset scenes; use toy or net[p][q][c]")
+
+
+# Deprecated: the old name, kept while jaxdissect/experiments/adversarial.py still uses it.
+InterventionConfig = ClassifierAblationConfig
 
 
 DEFAULT_CURVE_CLASSES = {"scenes": ("street", "lake"),
@@ -100,29 +148,23 @@ class InterventionResult:
         return int(self.train_single_ba.shape[0])
 
 
-def experiment_dir(config: InterventionConfig, model_name: str, layer: str) -> str:
+def experiment_dir(config: ClassifierAblationConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
     return experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "intervention",
                              layer_short_name(layer))
 
 
-def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
+def make_sources(config: ClassifierAblationConfig, model) -> tuple[Any, Any]:
     """(ranking source, measuring source): scenes train/val, Places365 train/val, or a folder's."""
-    from jaxdissect.data import sources
-
     size = int(model.input_size[0])
     if config.dataset == "scenes":
         return (sources.ScenesSource(config.train_size or 2000, split="train", image_size=size),
                 sources.ScenesSource(config.val_size or 1000, split="val", image_size=size))
-    from jaxdissect.data.tfds_images import parse_tfds_name
-
     tfds_name = parse_tfds_name(config.dataset)
     if tfds_name is not None:  # the ranking split is tfds's 'train', the measuring one the split named
         val = sources.TfdsSource(*tfds_name, crop=size, size=config.val_size)
         return sources.TfdsSource(tfds_name[0], "train", crop=size, size=config.train_size or len(val)), val
     if config.dataset == "places":
-        from jaxdissect.data.places import ensure_places_val
-
         train_root, val_root = ensure_places_val("train"), ensure_places_val("val")
     elif os.path.isdir(config.dataset):
         train_root, val_root = (os.path.join(config.dataset, s) for s in ("train", "val"))
@@ -138,16 +180,9 @@ def make_sources(config: InterventionConfig, model) -> tuple[Any, Any]:
     return train, val
 
 
-def check_config(config: InterventionConfig) -> None:
-    """The config's counts are usable (ConfigError naming the field otherwise)."""
-    for field in ("distribution_n", "random_draws", "batch_size", "mask_chunk", "checkpoint_every"):
-        if int(getattr(config, field)) < 1:
-            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
-    for field in ("train_size", "val_size", "devices", "dissection_sample_size"):
-        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
-            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
-    if config.seed < 0:
-        raise ConfigError("seed", f"must be >= 0, got {config.seed}")
+def check_config(config: ClassifierAblationConfig) -> None:
+    """The config's values are usable (ConfigError naming the field otherwise); see its `check`."""
+    config.check()
 
 
 def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
@@ -168,7 +203,7 @@ def experiment_ns(ns: Sequence[int], units: int, layer: str) -> tuple[int, ...]:
 
 
 def run_masks_stage(stages: StageStore, name: str, model, layer: str, source, masks: np.ndarray,
-                    num_classes: int, config: InterventionConfig, mesh, fingerprint: dict,
+                    num_classes: int, config: ClassifierAblationConfig, mesh, fingerprint: dict,
                     desc: str) -> dict[str, np.ndarray]:
     """Metrics {name: (M, classes)} of a mask set on a source: stored, or computed with resume."""
     fingerprint = {**fingerprint, "masks": masks_digest(masks), "samples": len(source)}
@@ -187,10 +222,8 @@ def run_masks_stage(stages: StageStore, name: str, model, layer: str, source, ma
     return out
 
 
-def _dissection(config: InterventionConfig, model, layer: str, model_given: bool):
+def _dissection(config: ClassifierAblationConfig, model, layer: str, model_given: bool):
     """The dissection of the same model and layer: its folder's results, computed if missing."""
-    from jaxdissect.dissect import DissectConfig, dissect
-
     dataset = config.dataset
     if dataset not in ("scenes", "places") and not dataset.startswith("tfds:"):
         dataset = os.path.join(dataset, "val")
@@ -202,24 +235,17 @@ def _dissection(config: InterventionConfig, model, layer: str, model_given: bool
     return result
 
 
-def run_experiment(config: InterventionConfig = InterventionConfig(), *, model=None, train_source=None,
+def run_experiment(config: ClassifierAblationConfig = ClassifierAblationConfig(), *, model=None, train_source=None,
                    val_source=None, dissection=None) -> InterventionResult:
     """The whole experiment, resumable stage by stage; writes tables, plots and the report section.
 
     `model` (a LoadedModel), the two sources and `dissection` (a LayerResult of the same layer)
     replace what the config names, for running it on your own networks and data."""
-    from jaxdissect import parallel
-    from jaxdissect.dissect import runstate
-    from jaxdissect.dissect.run import resolve_layers
-    from jaxdissect.experiments import classifier_report
-    from jaxdissect.models import load
-
     model_given = model is not None
     if model is None:
         model = load(config.model, config.weights)
     if model.kind != "classifier":
         raise ValueError(f"model {model.name!r} is a {model.kind}; classifier ablation needs a classifier")
-    check_config(config)
     [layer] = resolve_layers(model, (config.layer,) if config.layer else ())
     example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
     units = int(jax.eval_shape(layer_forward(model, layer), model.variables, example).shape[-1])

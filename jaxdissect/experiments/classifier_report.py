@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
-from jaxdissect.report.report_json import to_json_value
 from jaxdissect.report.figures import figure_png, new_figure
+from jaxdissect.report.html import write_report_html
+from jaxdissect.report.report_json import read_report_json, to_json_value
 
 SECTION_TITLE = "Classifier interventions: what units do for each class"
 BA_DROP_LISTED = -0.005  # units listed per class in ttv_unit_ablation.json: train BA change below this
@@ -250,9 +251,6 @@ def section_html(result, n: int, images: dict[str, bytes]) -> str:
 def add_report_section(dissection_dir: str, title: str, section: str) -> str:
     """Re-render the dissection's report.html from its report.json with `section` (replacing a
     section of the same title, keeping any others); returns the page's path."""
-    from jaxdissect.report.html import write_report_html
-    from jaxdissect.report.report_json import read_report_json
-
     report = read_report_json(os.path.join(dissection_dir, "report.json"))
     sections = [s for s in report.get("sections") or [] if s.get("title") != title]
     report["sections"] = sections + [{"title": title, "html": section}]

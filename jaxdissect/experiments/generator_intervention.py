@@ -20,6 +20,7 @@ Experiments (driver: `run_interventions`):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -31,16 +32,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import checkpoints, parallel
+from jaxdissect.capture import capture_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError
+from jaxdissect.config_flags import option
 from jaxdissect.data import sources
-from jaxdissect.dissect import runstate, steps
 from jaxdissect.data.zdataset import standard_z_sample
+from jaxdissect.dissect import DissectConfig, dissect, layer_stats, runstate, steps
+from jaxdissect.dissect.run import make_segmenter
 from jaxdissect.experiments import generator_report
-from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.experiments.generator_edits import (  # noqa: F401  (re-exported)
     class_counts, class_fractions, cell_centers, context_labels, ranked_units, best_units_masks,
     ablation_stack, insertion_stack, stack_size, conditional_update, conditional_readout)
 from jaxdissect.experiments.mask_sweep import weights_digest
+from jaxdissect.experiments.sweep import tail_function
+from jaxdissect.models import load
+from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
 from jaxdissect.stats import Moments
 
 Z99 = 2.5758293035489004  # two-sided 99% normal quantile: the original's 2.58 * stderr band
@@ -59,9 +65,6 @@ class GeneratorFns:
     `segment(images) -> (N, C, h, w)`, `edited_counts(...)` for stacks of edits."""
 
     def __init__(self, model, layer: str, segmenter, downsample: int | None = None):
-        from jaxdissect.capture import capture_fn, valid_layer_names
-        from jaxdissect.experiments.sweep import tail_function
-
         if model.kind != "generator":
             raise ValueError(f"generator interventions need a generator, got {model.name!r} ({model.kind})")
         if layer not in valid_layer_names(model):
@@ -365,30 +368,51 @@ def to_uint8(images) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class InterventionConfig:
-    """What to intervene on; the defaults run the embedded toy generator."""
+class GeneratorInterventionConfig:
+    """What to intervene on; the defaults run the embedded toy generator. Checks its values when
+    built (ConfigError naming the field)."""
 
-    model: str = "toy_generator"
-    layer: str | None = None  # default: the model's default layer (layer4 for Progressive GANs, as the original)
-    seg: str | None = None  # default: 'toy' for toy models, 'netpqc' otherwise
-    remove_class: str | None = None  # default: DEFAULT_CLASSES, else 'tree'
-    insert_class: str | None = None  # default: DEFAULT_CLASSES, else 'door' ('tree' for the toy generator)
-    sample_size: int | None = None  # z for the ablation statistics (default 200 toy / 10,000)
-    insert_sample_size: int | None = None  # z for the insertion (default 50 toy / 10,000)
-    dissect_sample_size: int | None = None  # z for the dissection that ranks units (default 1000 toy / 10,000)
-    max_units: int = 30  # ablate the best 0..max_units
-    insert_units: int = 20
-    insert_quantile: float = 0.995
-    single_units: bool = True  # also ablate every unit singly
-    quantile: float = 0.01  # the dissection's top quantile (IoU at the 99th percentile)
-    batch_size: int = 10
-    chunk: int = 8  # edits regenerated together per device
-    devices: int | None = None
-    outdir: str = "results"
-    weights: str | None = None
-    checkpoint_every: int = 10
-    min_context_samples: int = 100
-    progress: bool = True
+    model: str = option("toy_generator", "toy_generator or proggan_<domain>")
+    layer: str | None = option(None, "default: the model's default layer (layer4 for Progressive GANs, as the "
+                               "original)")
+    seg: str | None = option(None, "segmenter: toy or net[p][q][c] (default: toy for toy models, netpqc otherwise)")
+    remove_class: str | None = option(None, "segmenter class whose units are zeroed (default: tree)")
+    insert_class: str | None = option(None, "segmenter class whose units are switched on (default: door; tree for "
+                                      "the toy generator, which draws no doors)")
+    sample_size: int | None = option(None, "z for the ablations (default 200 toy / 10000)")
+    insert_sample_size: int | None = option(None, "z for the insertion (default 50 toy / 10000)")
+    dissect_sample_size: int | None = option(None, "z for the dissection that ranks units (default 1000 toy / 10000)")
+    max_units: int = option(30, "ablate the best 0..N units (at most the layer's units)")
+    insert_units: int = option(20, "units switched on together (at most the layer's units)")
+    insert_quantile: float = option(0.995, "the value inserted units are set to: this quantile of each unit",
+                                    cli=False)
+    single_units: bool = option(True, "skip ablating every unit singly", flags=("--no-single-units",))
+    quantile: float = option(0.01, "the dissection's top quantile (IoU at the 99th percentile)")
+    batch_size: int = option(10, "z per batch (all devices)")
+    chunk: int = option(8, "edited images regenerated together per sample (per device)")
+    devices: int | None = option(None, "use the first N devices (default: all)")
+    outdir: str = option("results", "folder under which result folders are made")
+    weights: str | None = option(None, "weights folder or .pth file (default: packaged/cached)")
+    checkpoint_every: int = option(10, "batches between checkpoints of a pass", cli=False)
+    min_context_samples: int = option(100, "contexts seen fewer times are left out of the bar chart")
+    progress: bool = option(True, "no progress bars", flags=("--no-progress",))
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """The counts and quantiles are usable (ConfigError naming the field otherwise)."""
+        for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
+            if int(getattr(self, field)) < 1:
+                raise ConfigError(field, f"must be at least 1, got {getattr(self, field)}")
+        for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
+            if getattr(self, field) is not None and int(getattr(self, field)) < 1:
+                raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(self, field)}")
+        if self.min_context_samples < 0:
+            raise ConfigError("min_context_samples", f"must be >= 0, got {self.min_context_samples}")
+        for field in ("quantile", "insert_quantile"):
+            if not 0 < float(getattr(self, field)) < 1:
+                raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(self, field)}")
 
 
 @dataclasses.dataclass
@@ -405,7 +429,7 @@ class InterventionResult:
     timings: dict
 
 
-def _defaults(config: InterventionConfig, model_name: str):
+def _defaults(config: GeneratorInterventionConfig, model_name: str):
     toy = model_name.startswith("toy_")
     layer = config.layer or (None if toy else "layer4")
     remove, insert = DEFAULT_CLASSES.get(model_name, ("tree", "door"))
@@ -414,29 +438,14 @@ def _defaults(config: InterventionConfig, model_name: str):
             config.insert_sample_size or (50 if toy else 10_000), config.dissect_sample_size or (1000 if toy else 10_000))
 
 
-def check_config(config: InterventionConfig) -> None:
-    """The config's counts and quantiles are usable (ConfigError naming the field otherwise)."""
-    for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
-        if int(getattr(config, field)) < 1:
-            raise ConfigError(field, f"must be at least 1, got {getattr(config, field)}")
-    for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
-        if getattr(config, field) is not None and int(getattr(config, field)) < 1:
-            raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(config, field)}")
-    if config.min_context_samples < 0:
-        raise ConfigError("min_context_samples", f"must be >= 0, got {config.min_context_samples}")
-    for field in ("quantile", "insert_quantile"):
-        if not 0 < float(getattr(config, field)) < 1:
-            raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(config, field)}")
+def check_config(config: GeneratorInterventionConfig) -> None:
+    """The config's counts and quantiles are usable (ConfigError naming the field otherwise); see its `check`."""
+    config.check()
 
 
-def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
+def dissected_layer(config: GeneratorInterventionConfig, model=None, segmenter=None):
     """(model, segmenter, LayerResult, QuantileSketch) of the dissection this experiment relies on
     (run now unless its results folder is complete)."""
-    from jaxdissect.dissect import DissectConfig, dissect, layer_stats
-    from jaxdissect.dissect.run import make_segmenter
-    from jaxdissect.models import load
-
-    check_config(config)
     if model is None:
         model = load(config.model, config.weights)
     layer, seg, remove, insert, *_, dissect_n = _defaults(config, model.name)
@@ -455,7 +464,7 @@ def dissected_layer(config: InterventionConfig, model=None, segmenter=None):
     return model, segmenter, result, sketch
 
 
-def run_interventions(config: InterventionConfig = InterventionConfig(), *, model=None,
+def run_interventions(config: GeneratorInterventionConfig = GeneratorInterventionConfig(), *, model=None,
                       segmenter=None) -> InterventionResult:
     """Dissect (if needed), then run the ablation and insertion experiments and write their
     tables, plots, strips and report section into `<dissection folder>/generator_intervention`."""
@@ -473,9 +482,7 @@ def run_interventions(config: InterventionConfig = InterventionConfig(), *, mode
     runner = PassRunner(out, mesh, parallel.padded_batch_size(config.batch_size, mesh), config.checkpoint_every,
                         config.progress)
     max_units = min(config.max_units, fns.num_units)
-    from contextlib import ExitStack
-
-    with ExitStack() as lock:
+    with contextlib.ExitStack() as lock:
         if parallel.is_primary():
             lock.enter_context(runstate.ExclusiveRun(out))
         parallel.barrier("interventions-locked")

@@ -19,6 +19,8 @@ from PIL import Image
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.report.figures import figure_png, new_figure
+from jaxdissect.report.html import write_report_html
+from jaxdissect.report.report_json import read_report_json
 
 SECTION_TITLE = "Generator interventions"
 YELLOW = np.array([255, 255, 0], np.uint8)
@@ -145,9 +147,6 @@ def section_html(res, min_context_samples: int, shown: Sequence[int], prefix: st
 
 def add_report_section(dissection_dir: str, section: dict) -> None:
     """Re-render the dissection's report.html from its report.json plus `section`."""
-    from jaxdissect.report.html import write_report_html
-    from jaxdissect.report.report_json import read_report_json
-
     path = os.path.join(dissection_dir, "report.json")
     if not os.path.exists(path):
         return

@@ -9,12 +9,15 @@ resolution, where the labels are measured too). Units labelled with shapes (obje
 compared with units labelled with surfaces (materials, colours).
 
 Pure per-batch steps (`update_pair_stats`, `update_pair_tallies`) and readouts
-(`summarize_layer`) compose with any pass engine; `run_experiment` is a resumable, sharded driver.
+(`summarize_layer`) compose with any pass engine; `run_experiment` is a resumable, sharded driver
+(every forward pass is here, the thumbnails' included: jaxdissect.experiments.shape_bias_report
+writes finished results).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -25,14 +28,26 @@ import numpy as np
 from flax import struct
 
 from jaxdissect import checkpoints, parallel
+from jaxdissect.capture import capture_fn
+from jaxdissect.config_error import ConfigError
+from jaxdissect.config_flags import option
+from jaxdissect.data.paired import STYLIZED_SCENES, paired_source
 from jaxdissect.dissect import runstate, steps
+from jaxdissect.dissect.config import MODEL_ALIASES
+from jaxdissect.dissect.run import resolve_layers
+from jaxdissect.experiments import shape_bias_report
 from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
+from jaxdissect.experiments.mask_sweep import stage_fingerprint
+from jaxdissect.experiments.shape_bias_report import TopPairs
+from jaxdissect.folder_names import dataset_short_name, experiment_folder
+from jaxdissect.models import load
 from jaxdissect.models.registry import normalize_pixels
 from jaxdissect.passes import CheckpointPolicy, PassSpec, StageStore, run_over_source
-from jaxdissect.segment.toy import subsample_labels
+from jaxdissect.report.unit_images import thumbnail
+from jaxdissect.segment.merge import load_segmenter
+from jaxdissect.segment.toy import ToySegmenter, subsample_labels
 from jaxdissect.stats import IoUTally, MaskAgreement, QuantileSketch, TopK
-from jaxdissect.upsample import Upsampler
-
+from jaxdissect.upsample import Upsampler, layer_geometry, upsampler
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,27 +167,57 @@ def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: n
 
 @dataclasses.dataclass(frozen=True)
 class ShapeBiasConfig:
-    """What to compare; the defaults run the toy classifier on scenes and their stylized twins."""
+    """What to compare; the defaults run the toy classifier on scenes and their stylized twins.
+    Its values are checked when it is made (ConfigError naming the field); scripts/shape_bias.py
+    makes its flags from these fields."""
 
-    model: str = "toy_classifier"
-    dataset: str = "scenes"  # 'scenes' or a folder of images
-    paired_dataset: str | None = None  # 'scenes-stylized' (default for scenes) or the folder of the other versions
-    pattern: str | None = None  # pairing regex for folders (default: strip '-stylized-...')
-    layers: tuple[str, ...] = ()  # default: every conv layer
-    seg: str | None = None  # default: the scenes' exact labels; a segmenter name for folders
-    quantile: float = 0.01
-    miniou: float = 0.04
-    sample_size: int | None = None  # default: 1000 scene pairs / every pair of the folders
-    batch_size: int = 20
-    topk: int = 20
-    strip_images: int = 5
-    thumbsize: int = 100
-    resolution: int = 128
-    devices: int | None = None
-    outdir: str = "results"
-    weights: str | None = None
-    checkpoint_every: int = 10  # batches between checkpoints of a pass
-    progress: bool = True
+    model: str = option("toy_classifier", "registered classifier (toy_classifier, vgg16_places, ...) or the "
+                        "original's vgg16/alexnet/resnet152")
+    dataset: str = option("scenes", "'scenes' or a folder of images")
+    paired_dataset: str | None = option(None, "the other versions: scenes-stylized (default for scenes; materials "
+                                        "and colours changed), scenes-stylized-materials, scenes-stylized-colors, or "
+                                        "a folder paired by file name")
+    pattern: str | None = option(None, "regular expression giving a file's pairing key (its first group); "
+                                 "default: the relative path without extension and without a '-stylized-...' suffix")
+    layers: tuple[str, ...] = option((), "layers to compare (default: every conv layer)", metavar="LAYER")
+    seg: str | None = option(None, "segmenter for folders (default netpqc); the scenes use exact labels")
+    quantile: float = option(0.01, "a unit is on in its top QUANTILE of activations; results folders are suffixed "
+                             "-<1000 * QUANTILE> unless it is 0.01")
+    miniou: float = option(0.04, "IoU above which a unit counts as labelled")
+    sample_size: int | None = option(None, "pairs used (default: 1000 scenes, every pair)")
+    batch_size: int = option(20, "pairs per batch (rounded up to a multiple of the device count)")
+    topk: int = option(20, "top stylized pairs kept per unit")
+    strip_images: int = option(5, "top pairs shown per unit in the reports", cli=False)
+    thumbsize: int = option(100, "size of the unit thumbnails")
+    resolution: int = option(128, "quantile sketch bins per power of two (a power of two)", cli=False)
+    devices: int | None = option(None, "use the first N devices (default: all)")
+    outdir: str = option("results", "folder under which the result folder is made")
+    weights: str | None = option(None, "weights folder or .pth file (default: packaged/cached)")
+    checkpoint_every: int = option(10, "batches between checkpoints of a pass (0: by time only)", cli=False)
+    progress: bool = option(True, "no progress bars (shown by default)", flags=("--no-progress",))
+
+    def __post_init__(self):
+        q = self.quantile
+        if not (isinstance(q, (int, float)) and math.isfinite(q) and 0 < q < 1):
+            raise ConfigError("quantile", f"must lie in (0, 1), got {q!r}")
+        if not (isinstance(self.miniou, (int, float)) and math.isfinite(self.miniou) and 0 <= self.miniou <= 1):
+            raise ConfigError("miniou", f"must lie in [0, 1], got {self.miniou!r}")
+        for name in ("batch_size", "topk", "strip_images", "thumbsize", "sample_size", "devices"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(name, f"must be a whole number of at least 1, got {value!r}")
+        r = self.resolution
+        if not (isinstance(r, int) and 1 <= r <= 2 ** 16 and r & (r - 1) == 0):
+            raise ConfigError("resolution", f"must be a power of two in [1, 65536], got {r!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError("checkpoint_every", f"must be a whole number >= 0, got {self.checkpoint_every!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError("layers", f"a layer is named twice: {list(self.layers)}")
+
+    @property
+    def model_name(self) -> str:
+        """The registered model name (the original's short names resolved)."""
+        return MODEL_ALIASES.get(self.model, self.model)
 
 
 @dataclasses.dataclass
@@ -210,43 +255,34 @@ def default_layers(model) -> tuple[str, ...]:
 
 
 def paired_name(config: ShapeBiasConfig) -> str:
-    """The second dataset: as given, or the stylized scenes for the scenes."""
-    from jaxdissect.data.paired import STYLIZED_SCENES
-
+    """The second dataset: as given, or the stylized scenes for the scenes (ConfigError when the
+    datasets cannot pair)."""
     if config.dataset in STYLIZED_SCENES:
-        raise ValueError(f"give the original world first: --dataset scenes --paired-dataset {config.dataset}")
+        raise ConfigError("dataset", f"give the original world first: --dataset scenes --paired-dataset "
+                                     f"{config.dataset}")
     if config.paired_dataset:
         return config.paired_dataset
     if config.dataset == "scenes":
         return "scenes-stylized"
-    raise ValueError(f"--dataset {config.dataset} needs --paired-dataset (the folder of its other versions)")
+    raise ConfigError("paired_dataset", f"--dataset {config.dataset} needs --paired-dataset (the folder of its other "
+                                        "versions)")
 
 
 def experiment_dir(config: ShapeBiasConfig, model_name: str) -> str:
     """<outdir>/<model>-[<dataset>-]<paired dataset>-shapebias[-<quantile*1000>] (the dataset's
     name left out when the paired one starts with it, e.g. toy_classifier-scenes-stylized-shapebias)."""
-    from jaxdissect.dissect.run import dataset_short_name
-
-    short = model_name[: -len("_places")] if model_name.endswith("_places") else model_name
     first, second = dataset_short_name(config.dataset), dataset_short_name(paired_name(config))
-    name = f"{short}-{second if second.startswith(first) else first + '-' + second}-shapebias"
-    if config.quantile != 0.01:
-        name += "-%g" % (config.quantile * 1000)
-    return os.path.join(config.outdir, name)
+    datasets = second if second.startswith(first) else f"{first}-{second}"
+    suffix = () if config.quantile == 0.01 else ("%g" % (config.quantile * 1000),)
+    return experiment_folder(config.outdir, model_name, datasets, "shapebias", *suffix)
 
 
 class _Setup:
     """Model, paired source, label source, shapes and upsamplers, built once."""
 
     def __init__(self, config: ShapeBiasConfig, model=None, source=None, segmenter=None):
-        from jaxdissect.capture import capture_fn
-        from jaxdissect.data.paired import paired_source
-        from jaxdissect.dissect.run import resolve_layers
-        from jaxdissect.models import load
-        from jaxdissect.upsample import layer_geometry, upsampler
-
         self.config = config
-        self.model = model if model is not None else load(config.model, config.weights)
+        self.model = model if model is not None else load(config.model_name, config.weights)
         if self.model.kind != "classifier":
             raise ValueError(f"{self.model.name} is a {self.model.kind}; the shape-bias experiment takes a classifier")
         self.layers = resolve_layers(self.model, config.layers or default_layers(self.model))
@@ -299,18 +335,10 @@ class _Setup:
 
 
 def _load_segmenter(seg: str):
-    if seg == "toy":
-        from jaxdissect.segment.toy import ToySegmenter
-
-        return ToySegmenter()
-    from jaxdissect.segment.merge import load_segmenter
-
-    return load_segmenter(seg)
+    return ToySegmenter() if seg == "toy" else load_segmenter(seg)
 
 
 def _fingerprint(setup: _Setup, name: str, **extra) -> dict:
-    from jaxdissect.experiments.mask_sweep import stage_fingerprint
-
     cfg = setup.config
     return {"pass": name, "model": stage_fingerprint(setup.model, setup.layers[0]), "layers": list(setup.layers),
             "dataset": cfg.dataset, "paired": setup.paired, "pattern": cfg.pattern, "samples": len(setup.source),
@@ -406,13 +434,44 @@ def measure(setup: _Setup) -> ShapeBiasResult:
                            tuple(setup.labels.categories), len(setup.source), layers)
 
 
+def top_pairs(setup: _Setup, lb: LayerShapeBias, k: int, size: int) -> TopPairs:
+    """What the report shows of a layer's units: thumbnails of each unit's top `k` pairs (by its
+    peak on the second images) and the unit's region in each, thresholded with each set's
+    threshold (one forward of each pair shown)."""
+    top = lb.topk_indices[:, :k]
+    wanted = np.unique(top[top >= 0])
+    thr = [np.asarray(t) for t in lb.thresholds]
+    layer = lb.layer
+
+    @jax.jit
+    def run(variables, first, second):
+        a, b = setup.activations(variables, first, second)
+        return a[layer], b[layer]
+
+    thumbnails: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    regions = (np.zeros((*top.shape, size, size), bool), np.zeros((*top.shape, size, size), bool))
+    resample = None
+    for s in range(0, len(wanted), setup.batch_size):
+        idx = wanted[s:s + setup.batch_size]
+        pad = np.concatenate([idx, np.repeat(idx[:1], setup.batch_size - len(idx))])
+        first, second = setup.source.load(pad)
+        a, b = run(setup.model.variables, first.inputs, second.inputs)
+        if resample is None:
+            resample = upsampler((size, size), tuple(a.shape[1:3]))
+        on = (np.asarray(resample(a)) > thr[0], np.asarray(resample(b)) > thr[1])
+        for j, i in enumerate(idx):
+            thumbnails[int(i)] = (thumbnail(first.inputs[j], size), thumbnail(second.inputs[j], size))
+            units, ranks = np.nonzero(top == i)
+            for side in (0, 1):
+                regions[side][units, ranks] = np.moveaxis(on[side][j][:, :, units], -1, 0)
+    return TopPairs(layer, top, thumbnails, regions)
+
+
 def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, source=None,
                    segmenter=None) -> ShapeBiasResult:
     """The whole experiment, resumable pass by pass; writes figures, thumbnails, report.json per
     layer and shape_bias.json. `model`, `source` (paired: `load(indices)` -> two Batches) and
     `segmenter` replace what the config names."""
-    from jaxdissect.experiments import shape_bias_report
-
     start = time.perf_counter()
     setup = _Setup(config, model, source, segmenter)
     with contextlib.ExitStack() as stack:
@@ -421,7 +480,10 @@ def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, s
         parallel.barrier("shapebias-locked")
         result = measure(setup)
         if parallel.is_primary():
-            shape_bias_report.write_outputs(setup, result)
+            _, images = shape_bias_report.write_run_outputs(config, result)
+            for lb in result.layers:  # one layer's thumbnails in memory at a time
+                shape_bias_report.write_layer_report(config, result, lb, shape_bias_report.section_html(
+                    result, images, lb.layer), top_pairs(setup, lb, config.strip_images, config.thumbsize))
             if config.progress:
                 print(shape_bias_report.summary_text(result) + f"\n{time.perf_counter() - start:.0f} s -> "
                       f"{os.path.join(setup.directory, 'shape_bias.json')}")

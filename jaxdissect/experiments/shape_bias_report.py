@@ -1,28 +1,44 @@
 """The shape-bias experiment's outputs: shape_bias.json, figures (agreement per layer, labels
 kept by category), thumbnails of the top stylized pairs, and per layer a report.json / report.html
-in the dissection's format with the experiment's fields and section."""
+in the dissection's format with the experiment's fields and section.
+
+Everything here takes finished results (a ShapeBiasResult and, for the thumbnails, the `TopPairs`
+the driver jaxdissect.experiments.shape_bias computed); nothing runs a network."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import os
+from typing import Mapping
 
-import jax
 import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.experiments.label_groups import group_of
+from jaxdissect.folder_names import layer_short_name
+from jaxdissect.report.bargraph import concept_bargraph_svg
 from jaxdissect.report.figures import figure_png, new_figure
-from jaxdissect.report.report_json import to_json_value
+from jaxdissect.report.html import write_report_html
+from jaxdissect.report.report_json import dumps_report, make_report, to_json_value
+from jaxdissect.report.unit_images import encode_jpeg, masked_image, unit_strip
 
 SECTION_TITLE = "Shape versus texture"
 GROUP_COLORS = {"shape": "tab:blue", "surface": "tab:orange"}
 GROUP_NAMES = {"shape": "shape units (object, part)", "surface": "surface units (material, color)"}
 
 
-def _short(layer: str) -> str:
-    return layer[len("features."):] if layer.startswith("features.") else layer
+@dataclasses.dataclass
+class TopPairs:
+    """What the report shows of one layer's units (computed by the driver, shape_bias.top_pairs):
+    each unit's top pairs by its peak on the second (stylized) images, their thumbnails, and the
+    unit's region in each, thresholded with each set's threshold."""
+
+    layer: str
+    indices: np.ndarray  # (units, k) pair ids, best first; -1 where there are fewer pairs
+    thumbnails: dict[int, tuple[np.ndarray, np.ndarray]]  # pair id -> (first, second) (size, size, 3) uint8
+    regions: tuple[np.ndarray, np.ndarray]  # (units, k, size, size) bool per set: the unit's region
 
 
 def unit_records(result, lb, miniou: float) -> list[dict]:
@@ -86,7 +102,7 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
                 c = lb.summary[g]["chance_mean"]
                 ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":", label=chance_label)
                 chance_label = None
-    ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
+    ax.set_xticks(range(len(result.layers)), [layer_short_name(lb.layer) for lb in result.layers])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"mask agreement (IoU, {result.dataset} vs {result.paired_dataset})", fontsize=9)
@@ -109,7 +125,7 @@ def plot_label_survival(result) -> bytes:
             s = lb.summary[g]
             ax.annotate(f"{s['label_kept']}/{s['units']}", (x, np.nan_to_num(s["label_kept_fraction"])),
                         textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
-    ax.set_xticks(range(len(result.layers)), [_short(lb.layer) for lb in result.layers])
+    ax.set_xticks(range(len(result.layers)), [layer_short_name(lb.layer) for lb in result.layers])
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("layer")
     ax.set_ylabel("fraction of labelled units keeping their label")
@@ -163,68 +179,33 @@ def section_html(result, images: dict[str, bytes], layer: str | None = None) -> 
         "</div>"])
 
 
-def unit_strips(setup, lb, k: int, size: int) -> tuple[dict, dict]:
-    """For each unit, its top `k` pairs by peak on the stylized images: ({unit: stylized strip
-    with the unit's region (stylized threshold)}, {unit: originals of the same pairs (original
-    threshold)})."""
-    from jaxdissect.report.unit_images import masked_image, thumbnail, unit_strip
-    from jaxdissect.upsample import upsampler
-
-    top = lb.topk_indices[:, :k]
-    wanted = np.unique(top[top >= 0])
-    thr = [np.asarray(t) for t in lb.thresholds]
-    layer = lb.layer
-
-    @jax.jit
-    def run(variables, first, second):
-        a, b = setup.activations(variables, first, second)
-        return a[layer], b[layer]
-
-    images: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    resample = None
-    for s in range(0, len(wanted), setup.batch_size):
-        idx = wanted[s:s + setup.batch_size]
-        pad = np.concatenate([idx, np.repeat(idx[:1], setup.batch_size - len(idx))])
-        first, second = setup.source.load(pad)
-        a, b = run(setup.model.variables, first.inputs, second.inputs)
-        if resample is None:
-            resample = upsampler((size, size), tuple(a.shape[1:3]))
-        on_a = np.asarray(resample(a)) > thr[0]
-        on_b = np.asarray(resample(b)) > thr[1]
-        for j, i in enumerate(idx):
-            images[int(i)] = (thumbnail(first.inputs[j], size), thumbnail(second.inputs[j], size))
-            masks[int(i)] = (on_a[j], on_b[j])
+def unit_strips(pairs: TopPairs, size: int) -> tuple[dict, dict]:
+    """For each unit, its top pairs: ({unit: stylized strip with the unit's region (stylized
+    threshold)}, {unit: originals of the same pairs (original threshold)})."""
     blank = np.full((size, size, 3), 255, np.uint8)
-    styl, orig = {}, {}
-    for u in range(top.shape[0]):
-        styl[u] = unit_strip([masked_image(images[int(i)][1], masks[int(i)][1][:, :, u]) if i >= 0 else blank
-                              for i in top[u]])
-        orig[u] = unit_strip([masked_image(images[int(i)][0], masks[int(i)][0][:, :, u]) if i >= 0 else blank
-                              for i in top[u]])
-    return styl, orig
+    strips: tuple[dict, dict] = ({}, {})
+    for u, top in enumerate(pairs.indices):
+        for side, out in ((1, strips[0]), (0, strips[1])):
+            out[u] = unit_strip([masked_image(pairs.thumbnails[int(i)][side], pairs.regions[side][u, r])
+                                 if i >= 0 else blank for r, i in enumerate(top)])
+    return strips
 
 
-def write_layer_report(setup, result, lb, section: str) -> str:
-    """<dir>/<layer>/report.json, concepts.svg, report.html and the unit strips; returns the folder."""
-    from jaxdissect.report.bargraph import concept_bargraph_svg
-    from jaxdissect.report.html import write_report_html
-    from jaxdissect.report.report_json import dumps_report, make_report
-    from jaxdissect.report.unit_images import encode_jpeg
-
-    cfg = setup.config
-    d = os.path.join(result.directory, _short(lb.layer))
-    styl, orig = unit_strips(setup, lb, cfg.strip_images, cfg.thumbsize)
+def write_layer_report(config, result, lb, section: str, pairs: TopPairs) -> str:
+    """<dir>/<layer>/report.json, concepts.svg, report.html and the unit strips; returns the folder.
+    `config` is the run's ShapeBiasConfig."""
+    d = os.path.join(result.directory, layer_short_name(lb.layer))
+    styl, orig = unit_strips(pairs, config.thumbsize)
     for u in styl:
         atomic_write_bytes(os.path.join(d, "image", f"unit{u}.jpg"), encode_jpeg(styl[u]))
         atomic_write_bytes(os.path.join(d, "original", f"unit{u}.jpg"), encode_jpeg(orig[u]))
-    units = unit_records(result, lb, cfg.miniou)
-    svg = concept_bargraph_svg([(r["label"], r["cat"], r["iou"]) for r in units], min_iou=cfg.miniou)
+    units = unit_records(result, lb, config.miniou)
+    svg = concept_bargraph_svg([(r["label"], r["cat"], r["iou"]) for r in units], min_iou=config.miniou)
     atomic_write_text(os.path.join(d, "concepts.svg"), svg)
     name = f"{result.model} {result.paired_dataset} (stylized) vs {result.dataset}"
     header = {"name": name, "image": "concepts.svg", "model": result.model, "layer": lb.layer,
-              "dataset": result.paired_dataset, "original_dataset": result.dataset, "seg": cfg.seg or "scenes",
-              "quantile": cfg.quantile, "miniou": cfg.miniou, "samples": result.samples,
+              "dataset": result.paired_dataset, "original_dataset": result.dataset, "seg": config.seg or "scenes",
+              "quantile": config.quantile, "miniou": config.miniou, "samples": result.samples,
               "shape_bias": lb.summary}
     report = make_report(header, units)
     report["sections"] = [{"title": SECTION_TITLE, "html": section}]
@@ -233,18 +214,26 @@ def write_layer_report(setup, result, lb, section: str) -> str:
     return d
 
 
-def write_outputs(setup, result) -> dict[str, str]:
-    """Every output of a finished run; returns the main paths."""
+def write_run_outputs(config, result) -> tuple[dict[str, str], dict[str, bytes]]:
+    """shape_bias.json, the figures and summary.txt of a finished run: (paths, {figure: PNG}) (the
+    figures go into each layer's report section)."""
     d = result.directory
     atomic_write_text(os.path.join(d, "shape_bias.json"),
-                      json.dumps(to_json_value(tables(result, setup.config.miniou)), indent=1, allow_nan=False) + "\n")
-    images = {"agreement_by_layer": plot_agreement_by_layer(result, setup.config.miniou),
+                      json.dumps(to_json_value(tables(result, config.miniou)), indent=1, allow_nan=False) + "\n")
+    images = {"agreement_by_layer": plot_agreement_by_layer(result, config.miniou),
               "label_survival": plot_label_survival(result)}
     paths = {"json": os.path.join(d, "shape_bias.json")}
     for n, png in images.items():
         paths[n] = os.path.join(d, "plots", f"{n}.png")
         atomic_write_bytes(paths[n], png)
-    for lb in result.layers:
-        paths[lb.layer] = write_layer_report(setup, result, lb, section_html(result, images, lb.layer))
     atomic_write_text(os.path.join(d, "summary.txt"), summary_text(result) + "\n")
+    return paths, images
+
+
+def write_outputs(config, result, pairs: Mapping[str, TopPairs]) -> dict[str, str]:
+    """Every output of a finished run, given each layer's TopPairs; returns the main paths."""
+    paths, images = write_run_outputs(config, result)
+    for lb in result.layers:
+        paths[lb.layer] = write_layer_report(config, result, lb, section_html(result, images, lb.layer),
+                                             pairs[lb.layer])
     return paths

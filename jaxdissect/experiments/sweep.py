@@ -13,11 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdissect.capture import valid_layer_names
+
 
 def tail_function(model, layer: str) -> Callable:
     """(variables, acts) -> model output, computed from `layer`'s output `acts` onward."""
-    from jaxdissect.capture import valid_layer_names
-
     if layer not in valid_layer_names(model):
         raise ValueError(f"unknown layer {layer!r} for {model.name}; dissectable layers: {', '.join(model.layer_names)}")
 

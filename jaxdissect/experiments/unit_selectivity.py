@@ -2,22 +2,40 @@
 per-image peaks of a layer over a labelled image source, then plots for chosen units and for
 each class's most important units when the classifier ablation's ranking exists.
 
-The per-batch work is one pure function (`image_peaks`); the loop here is a plain single pass
-(one forward per image, no state beyond the peaks), not yet on the resumable pass engine.
+`UnitSelectivityConfig` says what to measure (scripts/unit_selectivity.py makes its flags from
+it) and `run_experiment(config)` is the driver. The per-batch work is one pure function
+(`image_peaks`); the loop here is a plain single pass (one forward per image, no state beyond the
+peaks), not yet on the resumable pass engine.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from jaxdissect import results
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
+from jaxdissect.capture import layer_shapes
+from jaxdissect.config_error import ConfigError
+from jaxdissect.config_flags import option
+from jaxdissect.data import sources
+from jaxdissect.dissect.config import MODEL_ALIASES
+from jaxdissect.dissect.run import resolve_layers
+from jaxdissect.experiments import selectivity_report as rep
+from jaxdissect.experiments.classifier_report import add_report_section
+from jaxdissect.experiments.common import check_source_classes
+from jaxdissect.experiments.mask_sweep import layer_forward, model_input_function
 from jaxdissect.experiments.selectivity import ClassSelectivity, class_selectivity, unit_plot_data
+from jaxdissect.folder_names import dataset_short_name, experiment_folder, layer_short_name
+from jaxdissect.models import load
+from jaxdissect.report.figures import figure_png
 from jaxdissect.report.report_json import to_json_value
 
 RANKING_FILE = "class_units.npz"  # written by the classifier ablation (classifier_report.write_tables)
@@ -32,10 +50,6 @@ def collect_peaks(model, layer: str, source, batch_size: int = 50,
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(peaks (N, units), class labels (N,)) over a source whose batches carry labels; images
     the source could not read are left out."""
-    from tqdm.auto import tqdm
-
-    from jaxdissect.experiments.mask_sweep import layer_forward, model_input_function
-
     forward, prepare = layer_forward(model, layer), model_input_function(model)
 
     @jax.jit
@@ -84,15 +98,13 @@ class SelectivityRun:
     labels: np.ndarray
     units: tuple[int, ...]  # units plotted
     important: dict[str, list[int]]  # class -> its most important units (when a ranking was given)
+    ranking_file: str | None = None  # where the ranking came from (run_experiment)
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # what run_experiment wrote (write_outputs)
 
 
 def write_outputs(run: SelectivityRun, max_classes: int = 30, dissection_dir: str | None = None) -> dict[str, str]:
     """selectivity.json, peaks.npz, plots/unit<u>.png (matplotlib, when installed), and the
     report section (in the dissection's report.html when its folder is given)."""
-    import io
-
-    from jaxdissect.experiments import selectivity_report as rep
-
     d, sel = run.directory, run.selectivity
     paths = {"json": os.path.join(d, "selectivity.json")}
     table = rep.selectivity_table(sel, run.model, run.layer, len(run.labels))
@@ -105,12 +117,7 @@ def write_outputs(run: SelectivityRun, max_classes: int = 30, dissection_dir: st
     np.savez(buf, peaks=run.peaks, labels=run.labels, class_names=np.asarray(sel.class_names))
     atomic_write_bytes(os.path.join(d, "peaks.npz"), buf.getvalue())
     svgs = {}
-    try:
-        from jaxdissect.report.figures import figure_png
-
-        have_plots = True
-    except ImportError:
-        have_plots = False
+    have_plots = True  # until matplotlib (the 'plots' extra) turns out to be missing
     for u in run.units:
         data = unit_plot_data(sel, run.peaks, run.labels, u, max_classes=max_classes)
         svgs[u] = rep.unit_svg(data)
@@ -131,8 +138,6 @@ def write_outputs(run: SelectivityRun, max_classes: int = 30, dissection_dir: st
     section = rep.section_html(sel, svgs, notes)
     atomic_write_text(os.path.join(d, "section.html"), section + "\n")
     if dissection_dir and os.path.exists(os.path.join(dissection_dir, "report.json")):
-        from jaxdissect.experiments.classifier_report import add_report_section
-
         paths["report"] = add_report_section(dissection_dir, rep.SECTION_TITLE, section)
     return paths
 
@@ -152,3 +157,107 @@ def run_selectivity(model, layer: str, source, class_names: Sequence[str], direc
         important = {class_names[c]: [int(u) for u in ranking[c, :top_units]] for c in range(len(class_names))}
     shown = tuple(dict.fromkeys([int(u) for u in units] + [u for us in important.values() for u in us]))
     return SelectivityRun(directory, model.name, layer, sel, peaks, labels, shown, important)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitSelectivityConfig:
+    """What to measure; the defaults take the toy classifier's default layer on 1000 val scenes.
+    Its values are checked when it is made (ConfigError naming the field); scripts/unit_selectivity.py
+    makes its flags from these fields."""
+
+    model: str = option("toy_classifier", "registered classifier or the original's vgg16/...")
+    dataset: str = option("scenes", "'scenes' (val split) or a folder of class folders")
+    layer: str | None = option(None, "layer (default: the model's default layer)")
+    units: tuple[int, ...] = option((), "units to plot (default: none, only the ranking's units)", metavar="UNIT")
+    top_units: int = option(4, "with a unit ranking: plot each class's N most important units (0: none)")
+    ranking: str | None = option(None, "class_units.npz of the classifier ablation (or its folder); default: the "
+                                 "ablation folder of this model and layer under --outdir, when it exists")
+    sample_size: int | None = option(None, "images (default: 1000 scenes / the whole folder)")
+    max_classes: int = option(30, "classes shown per plot (the best ones)")
+    batch_size: int = option(50, "images per batch")
+    outdir: str = option("results", "folder under which the result folder is made")
+    weights: str | None = option(None, "weights folder or .pth file (default: packaged/cached)")
+    progress: bool = option(True, "no progress bars (shown by default)", flags=("--no-progress",))
+
+    def __post_init__(self):
+        if not _whole(self.top_units) or self.top_units < 0:
+            raise ConfigError("top_units", f"must be >= 0, got {self.top_units!r}")
+        for name in ("max_classes", "batch_size", "sample_size"):
+            value = getattr(self, name)
+            if value is not None and (not _whole(value) or value < 1):
+                raise ConfigError(name, f"must be >= 1, got {value!r}")
+        for u in self.units:
+            if not _whole(u) or u < 0:
+                raise ConfigError("units", f"a unit is a whole number >= 0, got {u!r}")
+
+    @property
+    def model_name(self) -> str:
+        """The registered model name (the original's short names resolved)."""
+        return MODEL_ALIASES.get(self.model, self.model)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def experiment_dir(config: UnitSelectivityConfig, model_name: str, layer: str) -> str:
+    """<outdir>/<model>-<dataset>-selectivity-<layer>, named like the dissection's folders."""
+    return experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "selectivity",
+                             layer_short_name(layer))
+
+
+def ablation_ranking_file(config: UnitSelectivityConfig, model_name: str, layer: str) -> str:
+    """Where the classifier ablation of this model, dataset and layer writes its ranking (its folder
+    is classifier_ablation.experiment_dir's <outdir>/<model>-<dataset>-intervention-<layer>)."""
+    folder = experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "intervention",
+                               layer_short_name(layer))
+    return os.path.join(folder, RANKING_FILE)
+
+
+def make_source(config: UnitSelectivityConfig, model) -> Any:
+    """The labelled images: val scenes, or a folder of class folders, at the model's input size."""
+    size = int(model.input_size[0])
+    if config.dataset == "scenes":
+        return sources.ScenesSource(size=config.sample_size or 1000, image_size=size)
+    return sources.FolderSource(config.dataset, crop=size, size=config.sample_size)
+
+
+def run_experiment(config: UnitSelectivityConfig = UnitSelectivityConfig(), *, model=None,
+                   source=None) -> SelectivityRun:
+    """The whole analysis: peaks over the images, every unit's selectivity, plots of the units
+    given and of each class's `top_units` most important units (from `config.ranking`, or the
+    classifier ablation's ranking of this layer under `config.outdir` when it exists), written
+    with write_outputs (and into the dissection's report of this layer when it exists). `model`
+    (a LoadedModel) and `source` (batches carrying class labels) replace what the config names."""
+    model = model if model is not None else load(config.model_name, config.weights)
+    if model.kind != "classifier":
+        raise ValueError(f"{model.name} is a {model.kind}; class selectivity needs a classifier")
+    [layer] = resolve_layers(model, (config.layer,) if config.layer else ())
+    source = source if source is not None else make_source(config, model)
+    class_names = tuple(model.labels) if model.labels is not None else tuple(source.classes)
+    check_source_classes(source, class_names, "labelled")
+    num_units = int(layer_shapes(model, layer)[layer][-1])
+    for u in config.units:
+        if not 0 <= int(u) < num_units:
+            raise ConfigError("units", f"unit {u} out of range: {layer} has {num_units} units")
+    ranking_file = config.ranking
+    if ranking_file is None and config.top_units:
+        candidate = ablation_ranking_file(config, model.name, layer)
+        ranking_file = candidate if os.path.exists(candidate) else None
+    ranking = load_ranking(ranking_file, num_units, class_names) if ranking_file is not None else None
+    if not config.units and ranking is None:
+        raise ConfigError("units", "nothing to plot: give --units, or run scripts/intervene_classifier.py first for "
+                                   "the classes' most important units (or pass --ranking)")
+    run = run_selectivity(model, layer, source, class_names, experiment_dir(config, model.name, layer),
+                          config.units, ranking, config.top_units, config.batch_size, config.progress)
+    try:
+        dissection = results.DissectionResults(config.outdir, model=model.name, layers=[layer])[layer].directory
+    except (FileNotFoundError, KeyError, ValueError):
+        dissection = None
+    run.ranking_file = ranking_file
+    run.outputs = write_outputs(run, config.max_classes, dissection)
+    return run

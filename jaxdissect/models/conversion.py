@@ -10,7 +10,6 @@ import os
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
@@ -24,25 +23,12 @@ from weight_conversion.errors import KeyMapError
 from weight_conversion.torchscript import read_checkpoint
 
 
-def example_input(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
-    """An abstract input batch of one for `spec`'s module: (1, z_dim) for generators, else (1, H, W, 3)."""
-    if spec.kind == "generator":
-        z_dim = config.get("z_dim")
-        if not z_dim:
-            raise ValueError(f"model {spec.name!r}: generator config has no 'z_dim': {dict(config)}")
-        return jax.ShapeDtypeStruct((1, int(z_dim)), jnp.float32)
-    if spec.input_size is None:
-        raise ValueError(f"model {spec.name!r} has no input_size to build an example input")
-    h, w = spec.input_size
-    return jax.ShapeDtypeStruct((1, int(h), int(w), 3), jnp.float32)
-
-
 def expected_variables(spec: ModelSpec, config: Mapping[str, Any]) -> Any:
     """The variable tree (of jax.ShapeDtypeStruct) `module.init` creates, without computing it."""
     module = spec.build(config)
     key = jax.random.key(0)
     return jax.eval_shape(lambda x: module.init({"params": key, "dropout": key}, x),
-                          example_input(spec, config))
+                          spec.abstract_input(config))
 
 
 def check_variables(name: str, variables: Any, expected: Any) -> dict:

@@ -51,6 +51,20 @@ def check_image_batch(images: Any, input_size: tuple[int, int] | None, what: str
     return shape
 
 
+def abstract_input(name: str, kind: str, input_size: tuple[int, int] | None, config: Mapping[str, Any],
+                   batch: int = 1) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of a model's input batch, without data: (batch, z_dim) latents for a
+    generator, (batch, H, W, 3) float images otherwise. The one place input shapes are made."""
+    if kind == "generator":
+        z_dim = config.get("z_dim")
+        if not z_dim:
+            raise ValueError(f"model {name!r}: generator config has no 'z_dim': {dict(config)}")
+        return jax.ShapeDtypeStruct((batch, int(z_dim)), jnp.float32)
+    if input_size is None:
+        raise ValueError(f"model {name!r} has no input_size; build an input yourself")
+    return jax.ShapeDtypeStruct((batch, *map(int, input_size), 3), jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Everything the registry knows about one model, before any weights are read.
@@ -83,6 +97,11 @@ class ModelSpec:
     original_files: Callable[[Any], tuple[Any, dict]] | None = None
     # How token layers are read as (N, H, W, units): config -> {layer: LayerView} (models.views).
     layer_views_for: Callable[[Mapping[str, Any]], Mapping[str, LayerView]] | None = None
+
+    def abstract_input(self, config: Mapping[str, Any] | None = None, batch: int = 1) -> jax.ShapeDtypeStruct:
+        """The module's input batch as a jax.ShapeDtypeStruct, for `config` (default: the default config)."""
+        return abstract_input(self.name, self.kind, self.input_size,
+                              self.default_config if config is None else config, batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,14 +141,17 @@ class LoadedModel:
                              "(for floats in [0, 1] use registry.normalize_pixels(x, model.normalization))")
         return normalize_pixels(jnp.asarray(images, jnp.float32) / 255.0, self.normalization)
 
+    def abstract_input(self, batch: int = 1) -> jax.ShapeDtypeStruct:
+        """The module's input batch as a jax.ShapeDtypeStruct (for jax.eval_shape), no data."""
+        return abstract_input(self.name, self.kind, self.input_size, self.config, batch)
+
     def example_input(self, batch: int = 1) -> jax.Array:
         """A zero input batch of the right shape and dtype: (batch, z_dim) latents for a
         generator, (batch, H, W, 3) normalized images otherwise."""
+        shape = self.abstract_input(batch)
         if self.kind == "generator":
-            return jnp.zeros((batch, int(self.config["z_dim"])), jnp.float32)
-        if self.input_size is None:
-            raise ValueError(f"model {self.name!r} has no input_size; build an input yourself")
-        return self.prepare(np.zeros((batch, *map(int, self.input_size), 3), np.uint8))
+            return jnp.zeros(shape.shape, shape.dtype)
+        return self.prepare(np.zeros(shape.shape, np.uint8))
 
 
 @functools.lru_cache(maxsize=None)

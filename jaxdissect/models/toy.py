@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jaxdissect.models import registry
 from jaxdissect.models.layers import ConvReLU, DenseReLU, MaxPool, PixelNorm, WScale
 from jaxdissect.models.proggan import layer_names, output_name, progressive_layers
+from jaxdissect.data.scenes import SCENE_CLASSES, SCENE_LABELS
 
 # ---- classifier --------------------------------------------------------------------------
 CLASSIFIER_STAGES = ((16,), (32,), (64, 64), (128, 128))  # conv widths per stage
@@ -131,15 +132,11 @@ class ToyGenerator(nn.Module):
 
 # ---- registration ------------------------------------------------------------------------
 def _scene_classes():
-    from jaxdissect.data.scenes import SCENE_CLASSES
-
     return SCENE_CLASSES
 
 
 def segmenter_class_counts() -> tuple[int, ...]:
     """Labels per category of the scenes world, plus one for 'none' (index 0)."""
-    from jaxdissect.data.scenes import SCENE_LABELS
-
     return tuple(1 + sum(c == cat for c in SCENE_LABELS.categories) for cat in SCENE_LABELS.category_names)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx, serialization, traverse_util
 
 from jaxdissect.models import nnx_linen
-from jaxdissect.models.registry import IMAGENET_NORMALIZATION, LoadedModel
+from jaxdissect.models.registry import IMAGENET_NORMALIZATION, LoadedModel, abstract_input
 from jaxdissect.models.views import LayerView
 from jaxdissect.models.weights_io import META_FILE, load_weights
 from jaxdissect.stats.io import local_checkpointer
@@ -348,7 +348,7 @@ def load_factory(factory: str | Callable | nn.Module | nnx.Module | LoadedModel,
         raise ValueError("a generator from a factory must be a LoadedModel (kind='generator', config={'z_dim': ...}); "
                          "a bare module's input shape is unknown")
     norm = parse_normalization(normalization) if normalization is not None or base is None else base.normalization
-    example = jax.ShapeDtypeStruct((1, *input_size, 3), jnp.float32)
+    example = abstract_input(name or path, kind, input_size, base.config if base is not None else {})
 
     if base is not None:
         module, variables = base.module, base.variables

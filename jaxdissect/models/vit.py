@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxdissect.models import registry
 from jaxdissect.models.views import LayerView
+from jaxdissect.data.scenes import SCENE_CLASSES
 
 VIT_CONFIG = {"num_classes": 8, "patch": 16, "dim": 96, "depth": 6, "heads": 4, "mlp": 192}
 
@@ -158,8 +159,6 @@ def vit_layer_views(config: Mapping[str, Any]) -> dict[str, LayerView]:
 
 
 def _scene_classes():
-    from jaxdissect.data.scenes import SCENE_CLASSES
-
     return SCENE_CLASSES
 
 

@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxdissect.segment.base import SegmentLabels, Segmenter, merged_labels
+from jaxdissect.segment import color, upp
+from weight_conversion import cache
+from weight_conversion.downloads import download
 
 SEGMENTER_NAMES = ("net", "netp", "netq", "netpq", "netc", "netpc", "netqc", "netpqc")
 _EXTRA: dict[str, Callable[..., Segmenter]] = {}
@@ -60,14 +63,10 @@ def ensure_segmenter_files(dirname: str, base_url: str, files: Sequence[str],
                            weights_dir: str | os.PathLike | None = None) -> str:
     """The folder <weights_dir or cache>/<dirname> with `files` in it, downloading missing ones."""
     if weights_dir is None:
-        from weight_conversion import cache
-
         weights_dir = cache.cache_dir() / "segmodel"
     folder = os.path.join(os.fspath(weights_dir), dirname)
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
-        from weight_conversion.downloads import download
-
         for f in missing:
             download(base_url + f, os.path.join(folder, f))
     return folder
@@ -80,8 +79,6 @@ def load_segmenter(name: str = "netpqc", weights_dir: str | os.PathLike | None =
     if name in _EXTRA:
         return _EXTRA[name](**kwargs)
     flags = _flags(name)
-    from jaxdissect.segment import color, upp
-
     folder = ensure_segmenter_files(upp.UPP_DIRNAME, upp.UPP_URL, upp.UPP_FILES, weights_dir)
     parts: list[Segmenter] = [upp.UnifiedParsingSegmenter.from_directory(
         folder, segsizes=segsizes, segdiv="quad" if "q" in flags else None, all_parts="p" in flags)]

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxdissect.data.scenes import SCENE_LABELS, Scenes
 from jaxdissect.segment.base import SegmentLabels
+from jaxdissect.models import load
 
 
 def category_label_ids(labels: SegmentLabels = SCENE_LABELS) -> list[np.ndarray]:
@@ -39,8 +40,6 @@ class ToySegmenter:
 
     def __init__(self, model=None):
         if model is None:
-            from jaxdissect.models import load
-
             model = load("toy_segmenter")
         if model.kind != "segmenter":
             raise ValueError(f"ToySegmenter needs a segmenter model, got {model.name!r} ({model.kind})")

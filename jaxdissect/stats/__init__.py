@@ -10,6 +10,7 @@ from jaxdissect.stats.formula_tally import Beam, FormulaTally
 from jaxdissect.stats.io import load, save
 from jaxdissect.stats.moments import CrossCovariance, Moments
 from jaxdissect.stats.quantile import QuantileSketch
+from jaxdissect.stats.records import SampleRecords
 from jaxdissect.stats.refine import (QuantileRefinement, RefinementPlan, ReplayMismatchError, exact_order_statistics,
                                      exact_quantiles, target_ranks)
 from jaxdissect.stats.thresholds import MultiThresholdTally, level_index, threshold_levels
@@ -18,4 +19,4 @@ from jaxdissect.stats.topk import TopK
 __all__ = ["QuantileSketch", "TopK", "Moments", "CrossCovariance", "Bincount", "IoUTally", "save", "load",
            "QuantileRefinement", "RefinementPlan", "exact_quantiles", "exact_order_statistics", "target_ranks",
            "ReplayMismatchError", "UnitCounts", "MaskAgreement", "MultiThresholdTally", "FormulaTally", "Beam",
-           "threshold_levels", "level_index"]
+           "threshold_levels", "level_index", "SampleRecords"]
