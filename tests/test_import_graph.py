@@ -1,5 +1,6 @@
 """One direction of imports: weight_conversion is a leaf (nothing of jaxdissect, save its command
-line), and the project's own modules import each other without cycles.
+line), the project's own modules import each other without cycles, and they do so at module
+level (no function-local imports hiding an edge).
 
 The graph is read from the source with `ast` (nothing is imported): every `import` and
 `from ... import` statement, at module level or inside functions, classes and `if` blocks,
@@ -179,3 +180,40 @@ def test_no_import_cycles():
             lines.append("cycle: " + ", ".join(sorted(c)))
             lines += [f"    {m} -> {', '.join(sorted(graph[m] & c))}" for m in sorted(c)]
         pytest.fail("import cycles among the project's modules:\n" + "\n".join(lines))
+
+
+def local_project_imports(path: pathlib.Path, modules: set[str]) -> list[tuple[int, str]]:
+    """(line, statement) of every import of a project module made inside a function or class body."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+            if nested and isinstance(child, (ast.Import, ast.ImportFrom)):
+                names = ([a.name for a in child.names] if isinstance(child, ast.Import)
+                         else [child.module or ""] if not child.level else [PACKAGES[0]])
+                if any(n.split(".")[0] in PACKAGES for n in names):
+                    found.append((child.lineno, ast.unparse(child)))
+            visit(child, inside)
+
+    visit(tree, False)
+    return found
+
+
+def test_local_import_finder_on_a_hand_made_case(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import jaxdissect.stats\nimport numpy\n"
+                    "def f():\n    import torch\n    from jaxdissect import parallel\n"
+                    "class C:\n    def g(self):\n        from weight_conversion.cache import cache_dir\n")
+    assert local_project_imports(path, set()) == [(5, "from jaxdissect import parallel"),
+                                                  (8, "from weight_conversion.cache import cache_dir")]
+
+
+def test_project_modules_are_imported_at_module_level():
+    """Imports of the project's own modules sit at the top of each file, where a reader (and the
+    graph above) sees them; function-local imports are for optional heavy dependencies only."""
+    files = module_files()
+    offenders = [f"{files[m].relative_to(ROOT)}:{line}: {stmt}" for m in sorted(files)
+                 for line, stmt in local_project_imports(files[m], set(files))]
+    assert not offenders, "function-local imports of the project's modules:\n" + "\n".join(offenders)
