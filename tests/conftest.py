@@ -7,6 +7,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+_MADE_HERE = []  # temporary folders this process created for the run; removed when it ends
+
 # One persistent compilation cache for the whole test run, in-process tests and the scripts and
 # workers they launch alike (they inherit the variables): a step compiled once, by any test, is
 # loaded from disk by the next test that builds the same computation. It starts empty (a new
@@ -15,6 +17,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdissect-test-jit-cache-")
+    _MADE_HERE.append(os.environ["JAX_COMPILATION_CACHE_DIR"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -24,3 +27,13 @@ if "JAXDISSECT_HOME" not in os.environ:
     import tempfile
 
     os.environ["JAXDISSECT_HOME"] = tempfile.mkdtemp(prefix="jaxdissect-test-home-")
+    _MADE_HERE.append(os.environ["JAXDISSECT_HOME"])
+
+
+def pytest_unconfigure(config):
+    """Remove the temporary compilation cache and home this process made (the xdist controller,
+    or a run on one process; workers inherit the folders and leave them alone)."""
+    import shutil
+
+    for folder in _MADE_HERE:
+        shutil.rmtree(folder, ignore_errors=True)
