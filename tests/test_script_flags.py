@@ -129,9 +129,28 @@ EXPERIMENT_CASES = [
     ("intervene_generator.py", ["--min-context-samples", "-1"], "--min-context-samples"),
     ("intervene_generator.py", ["--weights", "{tmp}/missing"], "--weights"),
     ("intervene_generator.py", ["--outdir", "{tmp}/file"], "--outdir"),
+    ("shape_bias.py", ["--model", "toy_generator"], "--model"),
+    ("shape_bias.py", ["--layers", "conv9_9"], "--layers"),
+    ("shape_bias.py", ["--quantile", "1"], "--quantile"),
+    ("shape_bias.py", ["--miniou", "-0.1"], "--miniou"),
+    ("shape_bias.py", ["--sample-size", "0"], "--sample-size"),
+    ("shape_bias.py", ["--batch-size", "0"], "--batch-size"),
+    ("shape_bias.py", ["--seg", "nets"], "--seg"),
+    ("shape_bias.py", ["--devices", "99"], "--devices"),
+    ("shape_bias.py", ["--weights", "{tmp}/missing"], "--weights"),
+    ("shape_bias.py", ["--outdir", "{tmp}/file"], "--outdir"),
+    ("unit_selectivity.py", ["--model", "toy_generator"], "--model"),
+    ("unit_selectivity.py", ["--layer", "conv9_9"], "--layer"),
+    ("unit_selectivity.py", ["--units", "999"], "--units"),
+    ("unit_selectivity.py", ["--top-units", "-1"], "--top-units"),
+    ("unit_selectivity.py", ["--max-classes", "0"], "--max-classes"),
+    ("unit_selectivity.py", ["--sample-size", "0"], "--sample-size"),
+    ("unit_selectivity.py", ["--dataset", "{tmp}/missing"], "--dataset"),
+    ("unit_selectivity.py", ["--weights", "{tmp}/missing"], "--weights"),
+    ("unit_selectivity.py", ["--outdir", "{tmp}/file"], "--outdir"),
 ]
 OUTDIR_FLAG = {"intervene_classifier.py": "--outdir", "adversarial.py": "--outdir",
-               "intervene_generator.py": "--outdir"}
+               "intervene_generator.py": "--outdir", "shape_bias.py": "--outdir", "unit_selectivity.py": "--outdir"}
 
 TRAIN_CASES = [
     (["gan"], "which"),
@@ -330,6 +349,8 @@ SUBPROCESS_CASES = [
     ("intervene_classifier.py", ["--ns", "-3"], "--ns"),
     ("intervene_generator.py", ["--quantile", "2"], "--quantile"),
     ("adversarial.py", ["--attack", "pgd_linf", "--learning-rate", "0.1"], "--learning-rate"),
+    ("shape_bias.py", ["--quantile", "2"], "--quantile"),
+    ("unit_selectivity.py", ["--max-classes", "0"], "--max-classes"),
     ("train_toy.py", ["segmenter", "--crop", "7"], "--crop"),
     ("bench_ablation.py", ["--sample-size", "0"], "--sample-size"),
     ("bench_attacks.py", ["--batch", "x"], "--batch"),
@@ -347,8 +368,7 @@ def _run_as_processes(cases, tmp_path):
     procs = []
     for script, argv, flag in cases:
         out = tmp_path / script
-        extra = {"train_toy.py": ["--out", str(out)]}.get(script, ["--outdir", str(out)] if "intervene" in script
-                                                                or script == "adversarial.py" else [])
+        extra = {"train_toy.py": ["--out", str(out)]}.get(script, ["--outdir", str(out)] if script in OUTDIR_FLAG else [])
         procs.append((flag, out, subprocess.Popen([sys.executable, os.path.join(SCRIPTS, script), *argv, *extra],
                                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                                   stderr=subprocess.PIPE, text=True)))
