@@ -1,4 +1,4 @@
 """jaxdissect: network dissection in JAX."""
-from jaxdissect import capture  # a callable module: jaxdissect.capture(model, x, layers=..., edits=...)
+from jaxdissect.capturing import capture  # jaxdissect.capture(model, x, layers=..., edits=...)
 
 __all__ = ["capture"]

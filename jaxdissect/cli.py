@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import jax
 
-from jaxdissect.capture import capture_fn, valid_layer_names
+from jaxdissect.capturing import capture_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError, UserError
 from jaxdissect.dissect.config import MODEL_ALIASES
 from jaxdissect.models.registry import LoadedModel, ModelSpec, available, get_spec

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.capture import capture, layer_shapes
+from jaxdissect.capturing import capture, layer_shapes
 from jaxdissect.dissect.stage_store import layer_stats
 from jaxdissect.edit import Replace
 

@@ -33,7 +33,7 @@ import numpy as np
 from bench_common import random_model, random_upp_segmenter
 from jaxdissect import cli, parallel
 from jaxdissect.array_cache import cache_bytes
-from jaxdissect.capture import layer_shapes
+from jaxdissect.capturing import layer_shapes
 from jaxdissect.compilation_cache import enable_compilation_cache
 from jaxdissect.dissect import DissectConfig, dissect
 from jaxdissect.data import sources

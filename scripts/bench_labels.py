@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import stats
-from jaxdissect.capture import capture_fn
+from jaxdissect.capturing import capture_fn
 from jaxdissect.dissect import labelling
 from jaxdissect.dissect.formulas import FormulaTally, search_formulas
 from jaxdissect.data.sources import ScenesSource

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jaxdissect import parallel
-    from jaxdissect.capture import capture_fn
+    from jaxdissect.capturing import capture_fn
     from jaxdissect.dissect import steps
     from jaxdissect.models.registry import get_spec
     from jaxdissect.upsample import upsampler

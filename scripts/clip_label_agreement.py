@@ -22,7 +22,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 from jaxdissect.data.scenes import Scenes
 from jaxdissect.dissect import DissectConfig, clip_labels, clip_scores, dissect
 from jaxdissect.models import load

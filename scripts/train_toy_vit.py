@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 import train_toy
-from jaxdissect.capture import capture_views_fn
+from jaxdissect.capturing import capture_views_fn
 from jaxdissect.data.scenes import Scenes
 from jaxdissect.models import registry
 from jaxdissect.models.weights_io import save_weights

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxdissect
-from jaxdissect.capture import layer_shapes, valid_layer_names
+from jaxdissect.capturing import layer_shapes, valid_layer_names
 from jaxdissect.models.registry import LoadedModel
 
 TRACES = {"n": 0}
@@ -110,7 +110,7 @@ def test_no_layers_and_single_string(data):
 def test_unrequested_layers_not_computed_outputs(data):
     """The jitted function returns exactly the output and the requested layers."""
     model = _model()
-    from jaxdissect.capture import capture_fn
+    from jaxdissect.capturing import capture_fn
 
     fn = capture_fn(model.module, ("block1",))
     jaxpr = jax.make_jaxpr(fn)(model.variables, data, {})

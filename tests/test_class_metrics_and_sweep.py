@@ -5,7 +5,7 @@ import numpy as np
 
 import small_models
 from jaxdissect import edit
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 from jaxdissect.experiments.class_metrics import ClassCounts
 from jaxdissect.experiments.sweep import sweep_predictions, tail_function
 from stats_helpers import run_sharded

@@ -12,7 +12,7 @@ import pytest
 
 import small_models
 from jaxdissect import edit, parallel
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 from jaxdissect.experiments import common
 from jaxdissect.dissect import sources
 from jaxdissect.experiments import classifier_ablation as ca

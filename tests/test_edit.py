@@ -6,7 +6,7 @@ import pytest
 
 import small_models
 from jaxdissect import edit
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 
 
 def by_hand(model, x, ablate_conv2=None):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 from jaxdissect.data.scenes import SCENE_LABELS
 from jaxdissect.data.zdataset import standard_z_sample
 from jaxdissect.dissect import sources

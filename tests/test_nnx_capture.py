@@ -9,7 +9,7 @@ from flax import nnx
 import jaxdissect
 import own_models
 from jaxdissect import edit, models
-from jaxdissect.capture import capture_fn, capture_views_fn, valid_layer_names
+from jaxdissect.capturing import capture_fn, capture_views_fn, valid_layer_names
 from jaxdissect.dissect import DissectConfig, dissect, sources
 from jaxdissect.models.nnx_linen import nnx_to_linen
 from jaxdissect.models.registry import LoadedModel

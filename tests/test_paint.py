@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdissect.capture import capture
+from jaxdissect.capturing import capture
 from jaxdissect.data.zdataset import standard_z_sample
 from jaxdissect.paint import (SEED_LIMIT, Stroke, ZSequence, compose, label_colors, label_legend, primary_labels,
                               rect_mask, segmentation_view, z_for_seed)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxdissect
-from jaxdissect.capture import capture_views_fn
+from jaxdissect.capturing import capture_views_fn
 from jaxdissect.data.scenes import SCENE_CLASSES, Scenes
 from jaxdissect.models import load, registry, vit
 
@@ -41,7 +41,7 @@ def test_layer_names_and_views():
     assert names[:6] == ("patch_embed", "blocks.0.attn.heads", "blocks.0.attn", "blocks.0.mlp.fc1", "blocks.0.mlp",
                          "blocks.0")
     model = small_model()
-    assert set(names) <= set(jaxdissect.capture.valid_layer_names(model))
+    assert set(names) <= set(jaxdissect.capturing.valid_layer_names(model))
     assert model.layer_views["blocks.1"] == vit.LayerView(prefix_tokens=1)
     assert model.layer_views["blocks.1.attn.heads"] == vit.LayerView(prefix_tokens=1, heads=4)
     _, acts = jaxdissect.capture(model, X, layers=("patch_embed", "blocks.1"))

@@ -20,7 +20,7 @@ import numpy as np
 from jaxdissect import fingerprint as fp
 from jaxdissect import parallel
 from jaxdissect.array_cache import ArrayCache, cache_bytes
-from jaxdissect.capture import capture_views_fn, valid_layer_names
+from jaxdissect.capturing import capture_views_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError, UserError
 from jaxdissect.data.broden_source import BrodenSource, parse_broden_name
 from jaxdissect.data.paired import STYLIZED_SCENES, StylizedScenesSource

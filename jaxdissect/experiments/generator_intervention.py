@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import checkpoints, parallel
-from jaxdissect.capture import capture_fn, valid_layer_names
+from jaxdissect.capturing import capture_fn, valid_layer_names
 from jaxdissect.config_error import ConfigError
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.capture import capture_fn
+from jaxdissect.capturing import capture_fn
 
 FEATURE_LAYER = "features.conv4_2"
 NETWORK_SIZE = (128, 128)  # the toy classifier's and segmenter's input: the scenes world's size

@@ -18,7 +18,7 @@ import numpy as np
 from flax import struct
 
 from jaxdissect import parallel
-from jaxdissect.capture import capture_fn
+from jaxdissect.capturing import capture_fn
 from jaxdissect.experiments.class_metrics import ClassCounts
 from jaxdissect.experiments.sweep import tail_function
 from jaxdissect.parallel import sharded_pass

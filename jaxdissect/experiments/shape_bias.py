@@ -28,7 +28,7 @@ import numpy as np
 from flax import struct
 
 from jaxdissect import checkpoints, parallel
-from jaxdissect.capture import capture_fn
+from jaxdissect.capturing import capture_fn
 from jaxdissect.config_error import ConfigError
 from jaxdissect.config_flags import option
 from jaxdissect.data.paired import STYLIZED_SCENES, paired_source

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdissect.capture import valid_layer_names
+from jaxdissect.capturing import valid_layer_names
 
 
 def tail_function(model, layer: str) -> Callable:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from jaxdissect import results
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
-from jaxdissect.capture import layer_shapes
+from jaxdissect.capturing import layer_shapes
 from jaxdissect.config_error import ConfigError
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources

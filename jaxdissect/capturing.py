@@ -17,8 +17,6 @@ through their patch grid, attention heads as units; see models.views).
 """
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -179,15 +177,5 @@ def clear_caches() -> None:
     _COMPILED.clear()
     _VALID_NAMES.clear()
 
-
-class _CallableModule(types.ModuleType):
-    """Lets `jaxdissect.capture(model, x, ...)` call the function despite the module's name,
-    while `jaxdissect.capture.layer_shapes` etc. stay reachable."""
-
-    def __call__(self, *args, **kwargs):
-        return capture(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["capture", "capture_fn", "capture_views_fn", "layer_shapes", "valid_layer_names", "clear_caches"]
