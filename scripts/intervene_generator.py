@@ -18,7 +18,7 @@ import sys
 from jaxdissect import cli, config_flags, parallel
 from jaxdissect.config_error import ConfigError
 from jaxdissect.models.flags import add_model_flags
-from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, run_interventions
+from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, run_experiment
 
 PROG = "intervene_generator.py"
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     parallel.initialize_from_flags(args)
     cli.check_devices(args.devices)
     cfg = config_from_args(args)
-    res = run_interventions(cfg, model=args.loaded_model)
+    res = run_experiment(cfg, model=args.loaded_model)
     if not parallel.is_primary():  # one summary per run, from process 0
         return 0
     r, c = res.removal, res.context

@@ -27,7 +27,7 @@ def generator(outdir: str) -> dict:
                                          insert_class="door", sample_size=16, insert_sample_size=8,
                                          dissect_sample_size=32, max_units=3, insert_units=1, batch_size=8,
                                          outdir=outdir, progress=False, min_context_samples=1)
-    res = gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
+    res = gi.run_experiment(cfg, model=hand_model(), segmenter=HandSegmenter())
     return dict(removal_units=res.removal.units, removed=res.removal.removed, removal_delta=res.removal.mean_delta,
                 context_units=res.context.units, values=res.context.values, context_samples=res.context.samples,
                 context_delta=res.context.mean_delta, single=res.single_unit_delta, baseline=res.baseline)

@@ -392,7 +392,7 @@ def test_run_interventions_end_to_end(tmp_path, monkeypatch):
                                          insert_class="door", sample_size=16, insert_sample_size=8,
                                          dissect_sample_size=32, max_units=3, insert_units=1, batch_size=8,
                                          outdir=str(tmp_path), progress=False, min_context_samples=1, devices=2)
-    res = gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
+    res = gi.run_experiment(cfg, model=hand_model(), segmenter=HandSegmenter())
     assert res.removal.units[0] == 1 and res.context.units.tolist() == [2]
     assert res.removal.removed[1] == pytest.approx(1.0)
     assert res.context.values[0] > 0.5
@@ -411,12 +411,12 @@ def test_run_interventions_end_to_end(tmp_path, monkeypatch):
     computed = []
     save = gi.StageStore.save
     monkeypatch.setattr(gi.StageStore, "save", lambda self, name, *a: (computed.append(name), save(self, name, *a)))
-    gi.run_interventions(cfg, model=hand_model(), segmenter=HandSegmenter())
+    gi.run_experiment(cfg, model=hand_model(), segmenter=HandSegmenter())
     assert computed == []
     page = open(os.path.join(os.path.dirname(d), "report.html")).read()
     assert page.count("<h2>Generator interventions</h2>") == 1
     # fewer best units: only that pass is computed again
-    res2 = gi.run_interventions(dataclasses.replace(cfg, max_units=2), model=hand_model(), segmenter=HandSegmenter())
+    res2 = gi.run_experiment(dataclasses.replace(cfg, max_units=2), model=hand_model(), segmenter=HandSegmenter())
     assert computed == ["ablate_best_tree"] and len(res2.removal.removed) == 3
 
 

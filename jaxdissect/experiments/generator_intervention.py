@@ -10,7 +10,7 @@ resumes where it stopped.
 
 The pure pieces (class statistics, context labels, edit stacks) are in `generator_edits`.
 
-Experiments (driver: `run_interventions`):
+Experiments (driver: `run_experiment`):
 - segmentation-class statistics with and without edits (per-image class fractions over all
   segmentation channels; mean and variance as `Moments`);
 - every unit ablated singly, and the best 0..n units of a class by IoU ablated together;
@@ -464,7 +464,7 @@ def dissected_layer(config: GeneratorInterventionConfig, model=None, segmenter=N
     return model, segmenter, result, sketch
 
 
-def run_interventions(config: GeneratorInterventionConfig = GeneratorInterventionConfig(), *, model=None,
+def run_experiment(config: GeneratorInterventionConfig = GeneratorInterventionConfig(), *, model=None,
                       segmenter=None) -> InterventionResult:
     """Dissect (if needed), then run the ablation and insertion experiments and write their
     tables, plots, strips and report section into `<dissection folder>/generator_intervention`."""
