@@ -243,6 +243,8 @@ def test_attacks_pass_stopped_and_resumed_equals_one_run(tmp_path):
     adv.attack_target(model, "units", other, 1, indices, labels, dataclasses.replace(cfg, seed=1), mesh,
                       directory=folder)
     assert other.calls == 3  # another seed: the stored attacks are not reused
+    nothing = adv.attack_target(model, "units", val, 1, indices[:0], labels[:0], cfg, mesh, directory=folder)
+    assert nothing.success.shape == (0,) and nothing.peak_adv.shape == (0, U)
 
 
 def test_an_example_whose_attack_does_not_reproduce_is_left_out(tmp_path, monkeypatch):
@@ -279,7 +281,7 @@ def test_ranking_is_the_intervention_experiments_own_cached_stage(tmp_path):
 
     result = run_planted(tmp_path)
     model = planted_model()
-    icfg = ca.InterventionConfig(model=model.name, dataset="planted", outdir=str(tmp_path), batch_size=8,
+    icfg = ca.ClassifierAblationConfig(model=model.name, dataset="planted", outdir=str(tmp_path), batch_size=8,
                                  progress=False)
     stages = StageStore(ca.experiment_dir(icfg, model.name, "units"))
     train, _ = planted_sources()

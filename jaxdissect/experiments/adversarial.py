@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxdissect import checkpoints, parallel
 from jaxdissect.atomic import atomic_write_bytes
-from jaxdissect.capture import capture, capture_fn
+from jaxdissect.capturing import capture, capture_fn
 from jaxdissect.config_error import ConfigError
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources
@@ -305,7 +305,7 @@ def image_seeds(indices: np.ndarray, target: int, seed: int) -> np.ndarray:
     return ((indices * 7919 + int(target) + int(seed) * 104729) % 2**31).astype(np.int32)
 
 
-_ATTACKS: dict[Any, Callable] = {}  # compiled steps, by what they are built from
+_STEPS: dict[Any, Callable] = {}  # compiled steps, by what they are built from
 
 
 def sharded_attack(model, layer: str, cfg: attacks.AttackConfig, mesh: jax.sharding.Mesh) -> Callable:
@@ -313,9 +313,9 @@ def sharded_attack(model, layer: str, cfg: attacks.AttackConfig, mesh: jax.shard
     normalization, attack, mesh): the attacks pass and the report's re-attack run one compiled
     function."""
     key = (model.module, layer, json.dumps(model.normalization, sort_keys=True, default=str), cfg, mesh)
-    if key not in _ATTACKS:
-        _ATTACKS[key] = shard_step(attack_step(model, layer, cfg), mesh)
-    return _ATTACKS[key]
+    if key not in _STEPS:
+        _STEPS[key] = shard_step(attack_step(model, layer, cfg), mesh)
+    return _STEPS[key]
 
 
 @functools.lru_cache(maxsize=None)
@@ -331,7 +331,7 @@ def _prediction_step(model, mesh: jax.sharding.Mesh) -> Callable:
     """`(records, variables, images, labels, positions, ok) -> records`: each image's predicted
     class and label; built once per (module, input normalization, mesh)."""
     key = ("predict", model.module, json.dumps(model.normalization, sort_keys=True, default=str), mesh)
-    if key not in _ATTACKS:
+    if key not in _STEPS:
         forward = attacks.model_forward(model)
 
         def per_device(state, variables, images, labels, positions, ok):
@@ -339,8 +339,8 @@ def _prediction_step(model, mesh: jax.sharding.Mesh) -> Callable:
             return {"predicted": state["predicted"].update(predicted, positions, ok),
                     "label": state["label"].update(labels, positions, ok)}
 
-        _ATTACKS[key] = sharded_pass(per_device, mesh, 4)
-    return _ATTACKS[key]
+        _STEPS[key] = sharded_pass(per_device, mesh, 4)
+    return _STEPS[key]
 
 
 def attack_records(num_images: int, units: int) -> dict[str, SampleRecords]:
@@ -473,6 +473,10 @@ def attack_target(model, layer: str, source, target: int, indices: np.ndarray, l
     indices, labels = np.asarray(indices, np.int64), np.asarray(labels, np.int64)
     example = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
     units = int(jax.eval_shape(layer_forward(model, layer), model.variables, example).shape[-1])
+    if len(indices) == 0:  # nothing to attack: no pass
+        return TargetRecord(int(target), indices, labels, np.zeros(0, np.int64), np.zeros(0, bool),
+                            np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, units), np.float32),
+                            np.zeros((0, units), np.float32))
     fp = attack_fingerprint(fingerprint or stage_fingerprint(model, layer), config, target, indices)
     attack, record = sharded_attack(model, layer, config.attack, mesh), _record_step(mesh)
 

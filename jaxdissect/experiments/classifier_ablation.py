@@ -108,10 +108,6 @@ class ClassifierAblationConfig:
             raise ConfigError("seg", "scenes (the exact labels) needs --dataset scenes; use toy or net[p][q][c]")
 
 
-# Deprecated: the old name, kept while jaxdissect/experiments/adversarial.py still uses it.
-InterventionConfig = ClassifierAblationConfig
-
-
 DEFAULT_CURVE_CLASSES = {"scenes": ("street", "lake"),
                          "places": ("ski_resort", "computer_room", "hangar-indoor", "volleyball_court-outdoor")}
 
