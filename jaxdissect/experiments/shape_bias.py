@@ -20,7 +20,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -277,49 +277,68 @@ def experiment_dir(config: ShapeBiasConfig, model_name: str) -> str:
     return experiment_folder(config.outdir, model_name, datasets, "shapebias", *suffix)
 
 
-class _Setup:
-    """Model, paired source, label source, shapes and upsamplers, built once."""
+@dataclasses.dataclass(frozen=True)
+class ShapeBiasRun:
+    """Everything the shape-bias passes share, built once by `ShapeBiasRun.create`: the model, the
+    paired source, where labels come from, the mesh, the layers' shapes and upsamplers."""
 
-    def __init__(self, config: ShapeBiasConfig, model=None, source=None, segmenter=None):
-        self.config = config
-        self.model = model if model is not None else load(config.model_name, config.weights)
-        if self.model.kind != "classifier":
-            raise ValueError(f"{self.model.name} is a {self.model.kind}; the shape-bias experiment takes a classifier")
-        self.layers = resolve_layers(self.model, config.layers or default_layers(self.model))
-        size = int(self.model.input_size[0])
-        self.paired = paired_name(config) if source is None else (config.paired_dataset or "paired")
-        self.source = source if source is not None else paired_source(
-            config.dataset, self.paired, crop=size, size=config.sample_size, pattern=config.pattern,
-            image_size=size)
-        self.truth = bool(segmenter is None and config.seg in (None, "scenes")
-                          and getattr(self.source, "labels", None) is not None)
+    config: ShapeBiasConfig
+    model: Any  # LoadedModel (a classifier)
+    layers: tuple[str, ...]
+    paired: str  # the paired dataset's name
+    source: Any  # paired source: batches of (first, second) images
+    truth: bool  # labels are the source's own exact segmentations
+    segmenter: Any  # None when `truth`
+    labels: Any  # SegmentLabels
+    mesh: jax.sharding.Mesh
+    batch_size: int  # padded to the mesh
+    forward: Callable  # (variables, x) -> (output, {layer: activations})
+    directory: str
+    downsample: int  # segmentation resolution = input / downsample
+    seg_hw: tuple[int, int]
+    units: Mapping[str, int]
+    upsamplers: Mapping[str, Any]
+
+    @classmethod
+    def create(cls, config: ShapeBiasConfig, model=None, source=None, segmenter=None) -> "ShapeBiasRun":
+        model = model if model is not None else load(config.model_name, config.weights)
+        if model.kind != "classifier":
+            raise ValueError(f"{model.name} is a {model.kind}; the shape-bias experiment takes a classifier")
+        layers = tuple(resolve_layers(model, config.layers or default_layers(model)))
+        size = int(model.input_size[0])
+        paired = paired_name(config) if source is None else (config.paired_dataset or "paired")
+        if source is None:
+            source = paired_source(config.dataset, paired, crop=size, size=config.sample_size, pattern=config.pattern,
+                                   image_size=size)
+        truth = bool(segmenter is None and config.seg in (None, "scenes") and getattr(source, "labels", None) is not None)
         if segmenter is not None:
-            self.segmenter, self.labels = segmenter, segmenter.labels
-        elif self.truth:
-            self.segmenter, self.labels = None, self.source.labels
+            labels = segmenter.labels
+        elif truth:
+            labels = source.labels
         else:
-            self.segmenter = _load_segmenter(config.seg or "netpqc")
-            self.labels = self.segmenter.labels
-        self.mesh = parallel.make_mesh(config.devices)
-        self.batch_size = parallel.padded_batch_size(config.batch_size, self.mesh)
-        run = capture_fn(self.model.module, tuple(self.layers))
-        self.forward = lambda variables, x: run(variables, x, {})
-        self.directory = experiment_dir(dataclasses.replace(config, paired_dataset=self.paired), self.model.name)
-        image_hw = tuple(self.model.input_size)
-        self.downsample = 4 if image_hw[0] >= 224 else 2
-        self.seg_hw = (image_hw[0] // self.downsample, image_hw[1] // self.downsample)
-        _, acts = jax.eval_shape(self.forward, self.model.variables,
-                                 jax.ShapeDtypeStruct((1, *image_hw, 3), jnp.float32))
-        self.units = {l: int(acts[l].shape[-1]) for l in self.layers}
-        self.upsamplers = {}
-        for l in self.layers:
-            geometry = layer_geometry(self.model.name, l)
-            self.upsamplers[l] = upsampler(self.seg_hw, tuple(acts[l].shape[1:3]), image_hw if geometry else None,
-                                           geometry)
-        values = len(self.source) * self.seg_hw[0] * self.seg_hw[1]
+            segmenter = _load_segmenter(config.seg or "netpqc")
+            labels = segmenter.labels
+        mesh = parallel.make_mesh(config.devices)
+        run = capture_fn(model.module, layers)
+        forward = lambda variables, x: run(variables, x, {})  # noqa: E731
+        directory = experiment_dir(dataclasses.replace(config, paired_dataset=paired), model.name)
+        image_hw = tuple(model.input_size)
+        downsample = 4 if image_hw[0] >= 224 else 2
+        seg_hw = (image_hw[0] // downsample, image_hw[1] // downsample)
+        _, acts = jax.eval_shape(forward, model.variables, model.abstract_input())
+        upsamplers = {}
+        for l in layers:
+            geometry = layer_geometry(model.name, l)
+            upsamplers[l] = upsampler(seg_hw, tuple(acts[l].shape[1:3]), image_hw if geometry else None, geometry)
+        values = len(source) * seg_hw[0] * seg_hw[1]
         if values >= 2**31:
-            raise ValueError(f"{len(self.source)} pairs x {self.seg_hw[0]}x{self.seg_hw[1]} pixels = {values} values "
+            raise ValueError(f"{len(source)} pairs x {seg_hw[0]}x{seg_hw[1]} pixels = {values} values "
                              "per unit, more than the int32 counts hold; use fewer pairs (--sample-size)")
+        return cls(config=config, model=model, layers=layers, paired=paired, source=source, truth=truth,
+                   segmenter=segmenter, labels=labels, mesh=mesh,
+                   batch_size=parallel.padded_batch_size(config.batch_size, mesh), forward=forward,
+                   directory=directory, downsample=downsample, seg_hw=seg_hw,
+                   units={l: int(acts[l].shape[-1]) for l in layers}, upsamplers=upsamplers)
 
     def model_input(self, images):
         return normalize_pixels(images.astype(jnp.float32) / 255.0, self.model.normalization)
@@ -338,14 +357,14 @@ def _load_segmenter(seg: str):
     return ToySegmenter() if seg == "toy" else load_segmenter(seg)
 
 
-def _fingerprint(setup: _Setup, name: str, **extra) -> dict:
+def _fingerprint(setup: ShapeBiasRun, name: str, **extra) -> dict:
     cfg = setup.config
     return {"pass": name, "model": stage_fingerprint(setup.model, setup.layers[0]), "layers": list(setup.layers),
             "dataset": cfg.dataset, "paired": setup.paired, "pattern": cfg.pattern, "samples": len(setup.source),
             **extra}
 
 
-def _pass(setup: _Setup, name: str, per_device: Callable, empty: dict, replicated: Any, with_truth: bool,
+def _pass(setup: ShapeBiasRun, name: str, per_device: Callable, empty: dict, replicated: Any, with_truth: bool,
           fingerprint: dict, desc: str) -> dict:
     """One pass over every pair through the resumable pass engine (stored with its fingerprint
     when finished, loaded instead when already stored); each process loads only its rows."""
@@ -373,7 +392,7 @@ def _pass(setup: _Setup, name: str, per_device: Callable, empty: dict, replicate
     return merged
 
 
-def pass_pair_stats(setup: _Setup) -> dict:
+def pass_pair_stats(setup: ShapeBiasRun) -> dict:
     """Pass 1: per layer, PairStats (thresholds on each set, top stylized pairs)."""
     cfg = setup.config
     empty = {l: PairStats.create(setup.units[l], cfg.topk, cfg.resolution) for l in setup.layers}
@@ -387,7 +406,7 @@ def pass_pair_stats(setup: _Setup) -> dict:
                  "pass 1/2: thresholds on both sets")
 
 
-def pass_pair_tallies(setup: _Setup, thresholds: dict) -> dict:
+def pass_pair_tallies(setup: ShapeBiasRun, thresholds: dict) -> dict:
     """Pass 2: per layer, PairTallies (labels on each set, mask agreement)."""
     empty = {l: PairTallies.create(setup.units[l], len(setup.labels)) for l in setup.layers}
     fp = _fingerprint(setup, "pair_tallies", seg=setup.config.seg or ("scenes" if setup.truth else "netpqc"),
@@ -420,7 +439,7 @@ def layer_readout(layer: str, stats_: PairStats, tallies: PairTallies, threshold
                           np.asarray(stats_.second_topk.result()[1]), summary)
 
 
-def measure(setup: _Setup) -> ShapeBiasResult:
+def measure(setup: ShapeBiasRun) -> ShapeBiasResult:
     """Both passes (loaded when finished) and the readouts; writes nothing but the pass states."""
     cfg = setup.config
     pair_stats = pass_pair_stats(setup)
@@ -434,7 +453,7 @@ def measure(setup: _Setup) -> ShapeBiasResult:
                            tuple(setup.labels.categories), len(setup.source), layers)
 
 
-def top_pairs(setup: _Setup, lb: LayerShapeBias, k: int, size: int) -> TopPairs:
+def top_pairs(setup: ShapeBiasRun, lb: LayerShapeBias, k: int, size: int) -> TopPairs:
     """What the report shows of a layer's units: thumbnails of each unit's top `k` pairs (by its
     peak on the second images) and the unit's region in each, thresholded with each set's
     threshold (one forward of each pair shown)."""
@@ -473,7 +492,7 @@ def run_experiment(config: ShapeBiasConfig = ShapeBiasConfig(), *, model=None, s
     layer and shape_bias.json. `model`, `source` (paired: `load(indices)` -> two Batches) and
     `segmenter` replace what the config names."""
     start = time.perf_counter()
-    setup = _Setup(config, model, source, segmenter)
+    setup = ShapeBiasRun.create(config, model, source, segmenter)
     with contextlib.ExitStack() as stack:
         if parallel.is_primary():
             stack.enter_context(runstate.ExclusiveRun(setup.directory))
