@@ -56,22 +56,20 @@ def log(*a):
 
 
 # ---- data --------------------------------------------------------------------------------
-def scene_arrays(split: str, n: int, seed: int, cache: str | None = None, style_seed: int | None = None) -> dict:
-    """Images (uint8) and segmentations (uint8 ids) of the first n scenes of a split, cached as .npz.
-    `style_seed`: the scenes' stylized twins (other materials and colours) drawn with that seed."""
-    styled = "" if style_seed is None else f"-stylized{style_seed}"
-    path = pathlib.Path(cache) / f"scenes-{split}-{n}-{seed}{styled}.npz" if cache else None
+def scene_arrays(split: str, n: int, seed: int, cache: str | None = None) -> dict:
+    """Images (uint8) and segmentations (uint8 ids) of the first n scenes of a split, cached as .npz."""
+    path = pathlib.Path(cache) / f"scenes-{split}-{n}-{seed}.npz" if cache else None
     if path is not None and path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     t = time.time()
-    ds = Scenes(split, n, seed=seed, stylized=style_seed is not None, style_seed=style_seed or 0)
+    ds = Scenes(split, n, seed=seed)
     out = {"image": np.zeros((n, 128, 128, 3), np.uint8), "segmentation": np.zeros((n, 4, 128, 128), np.uint8),
            "scene": np.zeros((n,), np.int32)}
     for i in range(n):
         it = ds[i]
         out["image"][i], out["segmentation"][i], out["scene"][i] = it["image"], it["segmentation"], it["scene"]
-    log(f"generated {n} {split}{styled} scenes in {time.time() - t:.0f}s")
+    log(f"generated {n} {split} scenes in {time.time() - t:.0f}s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **out)
@@ -203,29 +201,17 @@ def classifier_accuracy(module, variables, images, scenes, batch=100) -> tuple[f
 
 
 def train_classifier(args) -> dict:
-    """The toy classifier on the scenes (`classifier`), or on scenes half of which are replaced by
-    stylized twins (`classifier-stylized`: shapes and layout decide, not surfaces; Geirhos et al.'s
-    Stylized-ImageNet recipe in miniature)."""
-    name = "toy_classifier_stylized" if args.which == "classifier-stylized" else "toy_classifier"
-    spec = registry.get_spec(name)
+    spec = registry.get_spec("toy_classifier")
     config = dict(spec.default_config)
     module = spec.build(config)
     train = scene_arrays("train", args.train_size, args.seed, args.cache)
     val = scene_arrays("val", args.val_size, args.seed, args.cache)
-    fraction = args.stylized_fraction if args.which == "classifier-stylized" else 0.0
-    twins = [scene_arrays("train", args.train_size, args.seed, args.cache, style_seed=s)["image"]
-             for s in range(args.style_seeds)] if fraction else []
     params = module.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))
     bs = args.batch
 
     def data(rng):
         idx = rng.integers(0, len(train["scene"]), bs)
         x = train["image"][idx]
-        if twins:  # each image is replaced by one of its stylized twins with probability `fraction`
-            styled = rng.random(bs) < fraction
-            which = rng.integers(0, len(twins), bs)
-            for j in np.flatnonzero(styled):
-                x[j] = twins[which[j]][idx[j]]
         flip = rng.random(bs) < 0.5
         x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         return normalize_imagenet(x), jnp.asarray(train["scene"][idx])
@@ -237,19 +223,14 @@ def train_classifier(args) -> dict:
         return loss, {"acc": (logits.argmax(-1) == y).mean()}
 
     if args.measure_only:
-        params, last, secs = shipped_variables(name, args)
+        params, last, secs = shipped_variables("toy_classifier", args)
     else:
         params, last, secs = fit(loss_fn, params, data, args.steps, args.lr, args.seed)
     acc, _ = classifier_accuracy(module, params, val["image"], val["scene"])
-    log(f"{name} val accuracy {acc:.4f} on {len(val['scene'])} val scenes")
+    log(f"classifier val accuracy {acc:.4f} on {len(val['scene'])} val scenes")
     metrics = {"val_accuracy": acc, "val_size": len(val["scene"]), "train_loss": last, "train_seconds": secs}
-    if fraction or args.which == "classifier-stylized":
-        for style in ("stylized", "materials", "colors"):
-            ds = Scenes("val", args.val_size, seed=args.seed, stylized=True if style == "stylized" else style)
-            images = np.stack([ds[i]["image"] for i in range(len(ds))])
-            metrics[f"val_accuracy_{style}"], _ = classifier_accuracy(module, params, images, val["scene"])
-            log(f"{name} val accuracy on {style} twins {metrics[f'val_accuracy_{style}']:.4f}")
-    save_weights(os.path.join(args.out, name), name, params, config, seed=args.seed, metrics=metrics)
+    save_weights(os.path.join(args.out, "toy_classifier"), "toy_classifier", params, config, seed=args.seed,
+                 metrics=metrics)
     metrics["dissection_conv4_2"] = measure_classifier_dissection(module, params, args)
     return metrics
 
@@ -547,14 +528,13 @@ def measure_generator(gen, variables, config, seg, n=200, seed=1, layer=AUX_LAYE
 # ---- main ----------------------------------------------------------------------------------
 DEFAULTS = {
     "classifier": dict(steps=700, batch=32, lr=2e-3, train_size=6000),
-    "classifier-stylized": dict(steps=700, batch=32, lr=2e-3, train_size=6000, stylized_fraction=0.5, style_seeds=2),
     "classifier-head": dict(steps=6000, batch=128, lr=2e-3, train_size=6000, l1=1e-3),
     "segmenter": dict(steps=700, batch=16, lr=2e-3, train_size=6000, crop=64, balance=0.0, prior_correction=0.0),
     "generator": dict(steps=600, batch=16, lr=1e-3, train_size=6000, sigma=0.2, aux_weight=20.0),
 }
-STAGE_FLAGS = {"stylized_fraction": "classifier-stylized", "style_seeds": "classifier-stylized", "l1": "classifier-head", "crop": "segmenter", "balance": "segmenter", "prior_correction": "segmenter",
+STAGE_FLAGS = {"l1": "classifier-head", "crop": "segmenter", "balance": "segmenter", "prior_correction": "segmenter",
                "sigma": "generator", "aux_weight": "generator"}
-STAGE_HYPERPARAMETERS = {"classifier-stylized": ("stylized_fraction", "style_seeds"), "classifier-head": ("l1",), "segmenter": ("balance", "prior_correction")}
+STAGE_HYPERPARAMETERS = {"classifier-head": ("l1",), "segmenter": ("balance", "prior_correction")}
 PROG = "train_toy.py"
 
 
@@ -605,12 +585,8 @@ def write_training_md(out: str, data: dict) -> None:
                   f"- hyperparameters: {e.get('hyperparameters')}", f"- train seconds (2-core CPU): {m.get('train_seconds')}"]
         if e.get("measured_by"):
             lines.append(f"- metrics re-measured by: `{e['measured_by']}`")
-        if which in ("classifier", "classifier-stylized"):
+        if which == "classifier":
             lines.append(f"- val accuracy: {m.get('val_accuracy')} on {m.get('val_size')} val scenes")
-            if "val_accuracy_stylized" in m:
-                lines.append(f"- val accuracy on the stylized twins: {m['val_accuracy_stylized']} (materials and colours "
-                             f"changed), {m.get('val_accuracy_materials')} (materials only), "
-                             f"{m.get('val_accuracy_colors')} (colours only)")
             d = m.get("dissection_conv4_2", {})
             lines.append(f"- dissection of features.conv4_2 on 1000 val scenes (quantile 0.995, ground-truth labels at 64x64): "
                          f"{d.get('units_iou_gt')}/{d.get('units')} units with IoU > 0.04; object/part concepts: "
@@ -668,10 +644,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sigma", type=cli.positive_float, help="generator only: VAE pixel noise std (default: 0.2)")
     p.add_argument("--measure-only", action="store_true",
                    help="measure the shipped weights in --out again instead of training")
-    p.add_argument("--stylized-fraction", type=cli.float_in(0, 1),
-                   help="classifier-stylized only: chance that a training image is replaced by a stylized twin (default: 0.5)")
-    p.add_argument("--style-seeds", type=cli.positive_int,
-                   help="classifier-stylized only: stylized twins drawn per training scene (default: 2)")
     p.add_argument("--l1", type=cli.nonnegative_float,
                    help="classifier-head only: L1 weight on the fc6 kernel (default: 0.001)")
     p.add_argument("--aux-weight", type=cli.nonnegative_float,
@@ -693,7 +665,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     jax.config.update("jax_default_matmul_precision", "float32")
-    metrics = {"classifier": train_classifier, "classifier-stylized": train_classifier, "classifier-head": refit_classifier_head, "segmenter": train_segmenter,
+    metrics = {"classifier": train_classifier, "classifier-head": refit_classifier_head, "segmenter": train_segmenter,
                "generator": train_generator}[args.which](args)
     record(args.out, args.which, metrics, argv, args)
     return 0

@@ -3,8 +3,6 @@
 - `toy_classifier`: a small VGG-like CNN (features.conv1_1 ... features.conv4_2, post-ReLU,
   each with its inner conv named 'conv'; global average pool; classifier.fc6, classifier.fc7)
   over 128x128 images normalized with the ImageNet mean/std, predicting the scene class.
-- `toy_classifier_stylized`: the same network trained with half of its images replaced by their
-  stylized twins (other materials and colours), so shapes decide: the shape-biased toy.
 - `toy_segmenter`: a small encoder-decoder over images in [-1, 1] giving, per category
   (object, part, material, color), logits over that category's labels at half resolution.
 - `toy_generator`: a Progressive-GAN-shaped generator z (N, z_dim) -> RGB in [-1, 1]
@@ -162,13 +160,6 @@ CLASSIFIER_SPEC = registry.register(registry.ModelSpec(
     input_size=(128, 128), normalization=registry.IMAGENET_NORMALIZATION,
     default_layer="features.conv4_2", layer_names=classifier_layer_names(),
     labels=_scene_classes, packaged_weights="weights/toy_classifier"))
-
-STYLIZED_CLASSIFIER_SPEC = registry.register(registry.ModelSpec(
-    name="toy_classifier_stylized", kind="classifier", build=build_classifier,
-    default_config={"num_classes": 8, "stages": [list(s) for s in CLASSIFIER_STAGES], "hidden": 128},
-    input_size=(128, 128), normalization=registry.IMAGENET_NORMALIZATION,
-    default_layer="features.conv4_2", layer_names=classifier_layer_names(),
-    labels=_scene_classes, packaged_weights="weights/toy_classifier_stylized"))
 
 SEGMENTER_SPEC = registry.register(registry.ModelSpec(
     name="toy_segmenter", kind="segmenter", build=build_segmenter,
