@@ -19,15 +19,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import cli
+from jaxdissect.models import get_spec, load
+from jaxdissect.models.registry import LoadedModel
+from jaxdissect import parallel
+from jaxdissect.dissect import steps
+from jaxdissect.data import sources
+from jaxdissect.dissect.run import resolve_layers
+from jaxdissect.experiments import classifier_ablation as ca
+from jaxdissect.experiments.class_metrics import ClassCounts
+from jaxdissect.experiments.sweep import tail_function
 
 PROG = "bench_ablation.py"
 
 
 def _model(name: str, weights: str | None):
     """The model; a toy model whose trained weights are not there yet gets random weights."""
-    from jaxdissect.models import get_spec, load
-    from jaxdissect.models.registry import LoadedModel
-
     try:
         return load(name, weights), "trained"
     except (FileNotFoundError, ValueError) as e:
@@ -78,13 +84,6 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     cli.check_devices(args.devices)
-    from jaxdissect import parallel
-    from jaxdissect.dissect import steps
-    from jaxdissect.data import sources
-    from jaxdissect.dissect.run import resolve_layers
-    from jaxdissect.experiments import classifier_ablation as ca
-    from jaxdissect.experiments.class_metrics import ClassCounts
-    from jaxdissect.experiments.sweep import tail_function
 
     model, kind = _model(args.model, args.weights)
     [layer] = resolve_layers(model, (args.layer,) if args.layer else ())

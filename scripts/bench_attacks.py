@@ -16,6 +16,11 @@ import sys
 import time
 
 from jaxdissect import cli
+from jaxdissect.models import load
+from jaxdissect.models.loading import get_spec
+from jaxdissect.models.registry import LoadedModel
+from jaxdissect import parallel
+from jaxdissect.experiments import attacks
 
 PROG = "bench_attacks.py"
 
@@ -24,9 +29,6 @@ def load_model(name: str):
     import jax
     import jax.numpy as jnp
 
-    from jaxdissect.models import load
-    from jaxdissect.models.loading import get_spec
-    from jaxdissect.models.registry import LoadedModel
 
     try:
         return load(name), "trained"
@@ -64,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from jaxdissect import parallel
-    from jaxdissect.experiments import attacks
 
     model, weights = load_model(args.model)
     mesh = parallel.make_mesh(args.devices)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxdissect.models import LoadedModel, get_spec
+from jaxdissect.segment.upp import UnifiedParsingSegmenter, UPPConfig, UPPNet, num_part_logits
 
 
 def random_model(name: str):
     """A LoadedModel with random weights, built from the registered spec."""
-    from jaxdissect.models import LoadedModel, get_spec
-
     spec = get_spec(name)
     module = spec.build(spec.default_config)
     example = jnp.zeros((1, int(spec.default_config["z_dim"])) if spec.kind == "generator"
@@ -33,8 +33,6 @@ def synthetic_upp_labels() -> dict:
 def random_upp_segmenter(segdiv: str | None = "quad", all_parts: bool = True, seed: int = 0):
     """The UPP segmenter (ResNet50 + UPerNet, the published sizes) with random weights: the
     first batch norm's running variance is set to 60^2, since UPP inputs are 0..255 less the mean."""
-    from jaxdissect.segment.upp import UnifiedParsingSegmenter, UPPConfig, UPPNet, num_part_logits
-
     labels = synthetic_upp_labels()
     config = UPPConfig(num_object=len(labels["object"]), num_part=num_part_logits(labels),
                        num_material=len(labels["material"]), num_scene=len(labels["scene"]))

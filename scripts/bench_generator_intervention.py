@@ -22,6 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import cli
+from jaxdissect import parallel
+from jaxdissect.data import sources
+from jaxdissect.dissect.run import make_segmenter
+from jaxdissect.experiments import generator_intervention as gi
+from jaxdissect.models import load
 
 PROG = "bench_generator_intervention.py"
 
@@ -51,11 +56,6 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     cli.check_devices(args.devices)
-    from jaxdissect import parallel
-    from jaxdissect.data import sources
-    from jaxdissect.dissect.run import make_segmenter
-    from jaxdissect.experiments import generator_intervention as gi
-    from jaxdissect.models import load
 
     model = load(args.model)
     layer = args.layer or (model.default_layer if model.name.startswith("toy_") else "layer4")

@@ -16,6 +16,9 @@ import tempfile
 import time
 
 from jaxdissect import cli
+import jaxdissect
+from jaxdissect import models
+from jaxdissect.models import convert_checkpoint
 
 PROG = "bench_models.py"
 
@@ -77,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    import jaxdissect
-    from jaxdissect import models
-    from jaxdissect.models import convert_checkpoint
 
     torch.manual_seed(0)
     net = _torch_vgg16()

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxdissect import cli, stats
 from jaxdissect.stats.accuracy import STREAM_NAMES, adversarial_streams, max_rank_errors
+from jaxdissect.models.registry import get_spec
 
 
 def median_time(fn, *args, repeats: int) -> float:
@@ -37,8 +38,6 @@ PROG = "bench_stats.py"
 
 def vgg16_forward(batch: int = 10):
     """A jitted VGG16 (the registered vgg16_places module) with random weights."""
-    from jaxdissect.models.registry import get_spec
-
     spec = get_spec("vgg16_places")
     module = spec.build(spec.default_config)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)).astype(np.float32))

@@ -44,6 +44,11 @@ import numpy as np
 from PIL import Image
 
 from jaxdissect.paint import (SEED_LIMIT, Stroke, ZSequence, label_colors, label_legend, segmentation_view)
+from jaxdissect.models import get_spec
+from jaxdissect.segment.merge import SEGMENTER_NAMES
+from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, dissected_layer
+from jaxdissect.models import load
+from jaxdissect.paint import Painter
 
 HOST = "127.0.0.1"
 PNG_PREFIX = "data:image/png;base64,"
@@ -692,9 +697,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Validate the flags before anything slow runs (UsageError names the flag)."""
-    from jaxdissect.models import get_spec
-    from jaxdissect.segment.merge import SEGMENTER_NAMES
-
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must lie in 0..65535, got {args.port}")
     if args.units < 1:
@@ -733,10 +735,6 @@ def check_args(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Load, dissect (or reuse the dissection), compile, and serve until Ctrl-C."""
-    from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, dissected_layer
-    from jaxdissect.models import load
-    from jaxdissect.paint import Painter
-
     model = load(args.model, args.weights)
     if args.layer is not None and args.layer not in model.layer_names:
         raise UsageError(f"--layer: unknown layer {args.layer!r} for {model.name}; layers: {', '.join(model.layer_names)}")

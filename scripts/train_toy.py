@@ -45,6 +45,7 @@ from jaxdissect.models import load, registry, toy
 from jaxdissect.models.weights_io import save_weights
 from jaxdissect.segment.toy import ToySegmenter, category_label_ids, subsample_labels
 from jaxdissect.stats import IoUTally, QuantileSketch
+from jaxdissect.models.weights_io import load_weights
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent.parent / "jaxdissect" / "weights"
 MEAN = np.asarray(registry.IMAGENET_NORMALIZATION["mean"], np.float32)
@@ -186,8 +187,6 @@ def dissection_summary(iou: np.ndarray, min_iou: float = 0.04) -> dict:
 
 def shipped_variables(name: str, args):
     """(variables, train loss, train seconds) of an already trained weights folder (--measure-only)."""
-    from jaxdissect.models.weights_io import load_weights
-
     variables, _, meta = load_weights(os.path.join(args.out, name))
     m = meta.get("metrics", {})
     return variables, m.get("train_loss"), m.get("train_seconds")
@@ -246,8 +245,6 @@ def refit_classifier_head(args) -> dict:
     """Fit classifier.fc6/fc7 of the shipped toy classifier again, from a seeded initialization,
     on its frozen pooled conv4_2 features (train scenes and their mirror images) with an L1
     penalty on the fc6 kernel."""
-    from jaxdissect.models.weights_io import load_weights
-
     path = os.path.join(args.out, "toy_classifier")
     variables, config, meta = load_weights(path)
     module = registry.get_spec("toy_classifier").build(config)
