@@ -140,11 +140,6 @@ def shard_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
 # The driver
 
 
-def default_dataset(model: str) -> str:
-    """'scenes' for the toy models and your own (package.module:factory), 'places' otherwise."""
-    return "scenes" if model.startswith("toy") or ":" in model else "places"
-
-
 @dataclasses.dataclass(frozen=True)
 class AdversarialConfig:
     """What to attack and how; the defaults run the embedded toy classifier on the scenes world.
@@ -185,7 +180,7 @@ class AdversarialConfig:
         model = MODEL_ALIASES.get(self.model, self.model)
         object.__setattr__(self, "model", model)
         if self.dataset is None:
-            object.__setattr__(self, "dataset", default_dataset(model))
+            object.__setattr__(self, "dataset", common.default_dataset(model))
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
         self.check()

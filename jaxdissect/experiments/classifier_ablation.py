@@ -88,7 +88,7 @@ class ClassifierAblationConfig:
         model = MODEL_ALIASES.get(self.model, self.model)
         object.__setattr__(self, "model", model)
         if self.dataset is None:
-            object.__setattr__(self, "dataset", "scenes" if model.startswith("toy") or ":" in model else "places")
+            object.__setattr__(self, "dataset", common.default_dataset(model))
         self.check()
 
     def check(self) -> None:

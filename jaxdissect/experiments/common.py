@@ -21,6 +21,12 @@ def check_source_classes(source: Any, names: Sequence[str], what: str) -> None:
                          f"{len(names)}: class ids would not match")
 
 
+def default_dataset(model: str) -> str:
+    """An experiment's dataset when none is named: 'scenes' for the toy models and your own
+    (package.module:factory), 'places' otherwise."""
+    return "scenes" if model.startswith("toy") or ":" in model else "places"
+
+
 def resolve_classes(names: Sequence[str | int], class_names: Sequence[str]) -> tuple[int, ...]:
     """Class ids of names (or ids); a clear error names an unknown class."""
     out = []
@@ -37,4 +43,4 @@ def resolve_classes(names: Sequence[str | int], class_names: Sequence[str]) -> t
     return tuple(out)
 
 
-__all__ = ["class_names", "check_source_classes", "resolve_classes"]
+__all__ = ["class_names", "check_source_classes", "default_dataset", "resolve_classes"]
