@@ -1,6 +1,7 @@
 """Command-line flags derived from config dataclasses: one source of defaults and help.
 
-A config field declares its help (and optionally its flag names, choices, a metavar) in its
+A config field declares its help (and optionally its flag names, choices, a metavar, and for a
+tuple field whether it takes zero values: nargs="*") in its
 metadata through `option(...)`; `add_config_flags(parser, Config)` adds one flag per field and
 `config_from_args(Config, args)` builds the config back. Configs validate themselves and raise
 `ConfigError(flag, message)` (jaxdissect.config_error).
@@ -15,9 +16,14 @@ from typing import Any, Callable, Sequence
 
 
 def option(default: Any = None, help: str = "", *, flags: Sequence[str] | None = None, choices: Sequence[Any] | None = None,
-           metavar: str | None = None, cli: bool = True, default_factory: Callable | None = None) -> Any:
-    """A dataclass field with command-line metadata (help text, flag names, choices)."""
-    meta = {"help": help, "flags": tuple(flags) if flags else None, "choices": choices, "metavar": metavar, "cli": cli}
+           metavar: str | None = None, cli: bool = True, default_factory: Callable | None = None,
+           nargs: str | None = None) -> Any:
+    """A dataclass field with command-line metadata (help text, flag names, choices; `nargs` for a
+    tuple field: "+" by default, "*" when giving the flag with no value means something)."""
+    if nargs not in (None, "+", "*"):
+        raise ValueError(f"nargs must be '+' or '*', got {nargs!r}")
+    meta = {"help": help, "flags": tuple(flags) if flags else None, "choices": choices, "metavar": metavar, "cli": cli,
+            "nargs": nargs}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -58,7 +64,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: Se
             continue
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
         if many:
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = meta.get("nargs") or "+"
         kwargs["type"] = _parser(kind, flags[0])
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]

@@ -35,6 +35,12 @@ def experiment_folder(outdir: str, model_name: str, dataset: str, kind: str, *su
     return os.path.join(outdir, "-".join(p for p in parts if p))
 
 
+def ablation_folder(outdir: str, model_name: str, dataset: str, layer: str) -> str:
+    """The classifier ablation's folder, <outdir>/<model>-<dataset>-intervention-<layer>, where its
+    unit ranking lies for the experiments that read it (unit selectivity)."""
+    return experiment_folder(outdir, model_name, dataset_short_name(dataset), "intervention", layer_short_name(layer))
+
+
 def dissection_folder(outdir: str, model_name: str, dataset: str, seg: str, layer: str, quantile: float = 0.005,
                       thumbsize: int = 100) -> str:
     """The original's naming: <model>-<dataset>-<seg>-<layer>[-<quantile*1000>][-t<thumbsize>]
@@ -50,4 +56,5 @@ def dissection_folder(outdir: str, model_name: str, dataset: str, seg: str, laye
     return os.path.join(outdir, name)
 
 
-__all__ = ["dataset_short_name", "model_short_name", "layer_short_name", "experiment_folder", "dissection_folder"]
+__all__ = ["dataset_short_name", "model_short_name", "layer_short_name", "experiment_folder", "ablation_folder",
+           "dissection_folder"]

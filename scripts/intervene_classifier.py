@@ -13,7 +13,6 @@ gives each unit's IoU. `--model vgg16_places --dataset places` reproduces the pa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -29,9 +28,7 @@ PROG = "intervene_classifier.py"
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
     p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    config_flags.add_config_flags(p, ClassifierAblationConfig, skip=("curve_classes",))
-    curve = {f.name: f for f in dataclasses.fields(ClassifierAblationConfig)}["curve_classes"]
-    p.add_argument("--curve-classes", nargs="*", default=curve.default, help=curve.metadata["help"])  # none: no curves
+    config_flags.add_config_flags(p, ClassifierAblationConfig)
     add_model_flags(p)
     parallel.add_distributed_flags(p)
     args = p.parse_args(argv)

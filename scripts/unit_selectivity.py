@@ -15,7 +15,6 @@ Exit codes: 0 done, 2 bad flags or input (one-line message; --debug shows the tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from jaxdissect import cli, config_flags
@@ -29,10 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
     doc = __doc__.split("\n\n")
     p = cli.ArgumentParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]))
-    config_flags.add_config_flags(p, UnitSelectivityConfig, skip=("units",))
-    units = {f.name: f for f in dataclasses.fields(UnitSelectivityConfig)}["units"]
-    p.add_argument("--units", type=cli.nonnegative_int, nargs="*", default=units.default,  # none: the ranking's only
-                   metavar=units.metadata["metavar"], help=units.metadata["help"])
+    config_flags.add_config_flags(p, UnitSelectivityConfig)
     args = p.parse_args(argv)
     try:
         config_from_args(args)  # the config checks its own values

@@ -173,3 +173,16 @@ def test_unit_selectivity_driver_finds_the_ablation_ranking(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unit 99 out of range"):
         unit_selectivity.run_experiment(config.__class__(outdir=str(tmp_path), units=(sand, 99)),
                                         model=planted_model(), source=EncodedScenes(size=16))
+
+
+def test_zero_or_more_value_flags_come_from_the_config_too():
+    """--units (unit_selectivity) and --curve-classes (intervene_classifier) take zero or more values
+    (nargs="*" in the config field's option): no value means none, not an error."""
+    sel = script("unit_selectivity")
+    assert sel.config_from_args(sel.parse_args(["--units", "3", "5", "--outdir", "results"])).units == (3, 5)
+    assert sel.config_from_args(sel.parse_args(["--units", "--outdir", "results"])).units == ()
+    clf = script("intervene_classifier")
+    args = clf.parse_args(["--curve-classes", "--outdir", "results"])
+    assert args.curve_classes == []
+    args = clf.parse_args(["--curve-classes", "street", "lake", "--outdir", "results"])
+    assert args.curve_classes == ["street", "lake"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import warnings
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from jaxdissect.dissect import DissectConfig, dissect, runstate
 from jaxdissect.dissect.config import MODEL_ALIASES
 from jaxdissect.dissect.run import resolve_layers
 from jaxdissect.experiments import classifier_report, common
-from jaxdissect.folder_names import dataset_short_name, experiment_folder, layer_short_name
+from jaxdissect.folder_names import ablation_folder
 from jaxdissect.models import load
 from jaxdissect.passes import StageStore
 from jaxdissect.experiments.mask_sweep import (MaskTally, evaluate_masks, layer_forward, mask_counts_step,  # noqa: F401
@@ -67,7 +66,8 @@ class ClassifierAblationConfig:
                                  "count)", metavar="N")
     curve_classes: tuple[str, ...] | None = option(None, "classes (names or ids) for the full 1..units-1 curves "
                                                    "(default: street lake for the scenes, ski_resort computer_room "
-                                                   "hangar-indoor volleyball_court-outdoor for Places)")
+                                                   "hangar-indoor volleyball_court-outdoor for Places; the flag "
+                                                   "with no class: no curves)", nargs="*")
     distribution_n: int = option(20, "N of the all-classes figure (the paper's 20; at most the layer's units - 1)")
     random_draws: int = option(5, "random N-unit sets per N, the control")
     tie_break: bool = option(True, "order units of equal BA by the class's mean log-probability (False: unit id)",
@@ -146,8 +146,7 @@ class InterventionResult:
 
 def experiment_dir(config: ClassifierAblationConfig, model_name: str, layer: str) -> str:
     """<outdir>/<model>-<dataset>-intervention-<layer>, named like the dissection's folders."""
-    return experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "intervention",
-                             layer_short_name(layer))
+    return ablation_folder(config.outdir, model_name, config.dataset, layer)
 
 
 def make_sources(config: ClassifierAblationConfig, model) -> tuple[Any, Any]:

@@ -33,7 +33,7 @@ from jaxdissect.experiments.classifier_report import add_report_section
 from jaxdissect.experiments.common import check_source_classes
 from jaxdissect.experiments.mask_sweep import layer_forward, model_input_function
 from jaxdissect.experiments.selectivity import ClassSelectivity, class_selectivity, unit_plot_data
-from jaxdissect.folder_names import dataset_short_name, experiment_folder, layer_short_name
+from jaxdissect.folder_names import ablation_folder, dataset_short_name, experiment_folder, layer_short_name
 from jaxdissect.models import load
 from jaxdissect.report.figures import figure_png
 from jaxdissect.report.report_json import to_json_value
@@ -172,7 +172,8 @@ class UnitSelectivityConfig:
     model: str = option("toy_classifier", "registered classifier or the original's vgg16/...")
     dataset: str = option("scenes", "'scenes' (val split) or a folder of class folders")
     layer: str | None = option(None, "layer (default: the model's default layer)")
-    units: tuple[int, ...] = option((), "units to plot (default: none, only the ranking's units)", metavar="UNIT")
+    units: tuple[int, ...] = option((), "units to plot (default: none, only the ranking's units)", metavar="UNIT",
+                                    nargs="*")
     top_units: int = option(4, "with a unit ranking: plot each class's N most important units (0: none)")
     ranking: str | None = option(None, "class_units.npz of the classifier ablation (or its folder); default: the "
                                  "ablation folder of this model and layer under --outdir, when it exists")
@@ -211,11 +212,8 @@ def experiment_dir(config: UnitSelectivityConfig, model_name: str, layer: str) -
 
 
 def ablation_ranking_file(config: UnitSelectivityConfig, model_name: str, layer: str) -> str:
-    """Where the classifier ablation of this model, dataset and layer writes its ranking (its folder
-    is classifier_ablation.experiment_dir's <outdir>/<model>-<dataset>-intervention-<layer>)."""
-    folder = experiment_folder(config.outdir, model_name, dataset_short_name(config.dataset), "intervention",
-                               layer_short_name(layer))
-    return os.path.join(folder, RANKING_FILE)
+    """Where the classifier ablation of this model, dataset and layer writes its ranking."""
+    return os.path.join(ablation_folder(config.outdir, model_name, config.dataset, layer), RANKING_FILE)
 
 
 def make_source(config: UnitSelectivityConfig, model) -> Any:
