@@ -46,7 +46,7 @@ def test_shape_bias_missing_folder_exits_2(capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--ranking", "nowhere.npz"], "no unit ranking at 'nowhere.npz'"),
     (["--units", "999"], "unit 999 out of range"),
-    (["--top-units", "-1"], "argument --top-units: must be >= 0"),
+    (["--top-units", "-1"], "argument --top-units: must be a whole number >= 0"),
 ])
 def test_unit_selectivity_bad_input_exits_2(argv, message, capsys, tmp_path):
     argv = argv + ["--sample-size", "8", "--outdir", str(tmp_path), "--no-progress"]

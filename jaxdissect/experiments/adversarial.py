@@ -35,7 +35,7 @@ import numpy as np
 from jaxdissect import checkpoints, parallel
 from jaxdissect.atomic import atomic_write_bytes
 from jaxdissect.capturing import capture, capture_fn
-from jaxdissect.config_error import ConfigError
+from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources
 from jaxdissect.data.places import is_places365
@@ -187,14 +187,9 @@ class AdversarialConfig:
 
     def check(self) -> None:
         """The values are usable (ConfigError naming the field otherwise)."""
-        for field, low in (("batch_size", 1), ("important_units", 1), ("mask_chunk", 1), ("checkpoint_every", 1),
-                           ("seed", 0), ("examples", 0), ("images_per_target", 1), ("train_size", 1),
-                           ("val_size", 1), ("devices", 1)):
-            value = getattr(self, field)
-            if value is None and field in ("images_per_target", "train_size", "val_size", "devices"):
-                continue
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ConfigError(field, f"expected an integer >= {low}, got {value!r}")
+        optional = ("images_per_target", "train_size", "val_size", "devices")
+        check_whole_numbers(self, {"batch_size": 1, "important_units": 1, "mask_chunk": 1, "checkpoint_every": 1,
+                                   "seed": 0, "examples": 0, **dict.fromkeys(optional, 1)}, optional)
         d = self.delta_threshold
         if d is not None and not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
             raise ConfigError("delta_threshold", f"expected a number > 0, got {d!r}")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect import checkpoints, parallel
-from jaxdissect.config_error import ConfigError
+from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources
 from jaxdissect.data.places import ensure_places_val, is_places365
@@ -93,14 +93,9 @@ class ClassifierAblationConfig:
 
     def check(self) -> None:
         """The values are usable (ConfigError naming the field otherwise)."""
-        for field in ("distribution_n", "random_draws", "batch_size", "mask_chunk", "checkpoint_every"):
-            if int(getattr(self, field)) < 1:
-                raise ConfigError(field, f"must be at least 1, got {getattr(self, field)}")
-        for field in ("train_size", "val_size", "devices", "dissection_sample_size"):
-            if getattr(self, field) is not None and int(getattr(self, field)) < 1:
-                raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(self, field)}")
-        if self.seed < 0:
-            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
+        optional = ("train_size", "val_size", "devices", "dissection_sample_size")
+        check_whole_numbers(self, {"distribution_n": 1, "random_draws": 1, "batch_size": 1, "mask_chunk": 1,
+                                   "checkpoint_every": 1, "seed": 0, **dict.fromkeys(optional, 1)}, optional)
         bad = [n for n in self.ns if int(n) < 1]
         if not self.ns or bad:
             raise ConfigError("ns", f"each N must be at least 1, got {', '.join(map(str, bad)) or 'none'}")

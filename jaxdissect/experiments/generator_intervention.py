@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxdissect import checkpoints, parallel
 from jaxdissect.capturing import capture_fn, valid_layer_names
-from jaxdissect.config_error import ConfigError
+from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources
 from jaxdissect.data.zdataset import standard_z_sample
@@ -402,14 +402,10 @@ class GeneratorInterventionConfig:
 
     def check(self) -> None:
         """The counts and quantiles are usable (ConfigError naming the field otherwise)."""
-        for field in ("max_units", "insert_units", "batch_size", "chunk", "checkpoint_every"):
-            if int(getattr(self, field)) < 1:
-                raise ConfigError(field, f"must be at least 1, got {getattr(self, field)}")
-        for field in ("sample_size", "insert_sample_size", "dissect_sample_size", "devices"):
-            if getattr(self, field) is not None and int(getattr(self, field)) < 1:
-                raise ConfigError(field, f"must be at least 1 (or None for the default), got {getattr(self, field)}")
-        if self.min_context_samples < 0:
-            raise ConfigError("min_context_samples", f"must be >= 0, got {self.min_context_samples}")
+        optional = ("sample_size", "insert_sample_size", "dissect_sample_size", "devices")
+        check_whole_numbers(self, {"max_units": 1, "insert_units": 1, "batch_size": 1, "chunk": 1,
+                                   "checkpoint_every": 1, "min_context_samples": 0, **dict.fromkeys(optional, 1)},
+                            optional)
         for field in ("quantile", "insert_quantile"):
             if not 0 < float(getattr(self, field)) < 1:
                 raise ConfigError(field, f"must be strictly between 0 and 1, got {getattr(self, field)}")

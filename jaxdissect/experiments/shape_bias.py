@@ -29,7 +29,7 @@ from flax import struct
 
 from jaxdissect import checkpoints, parallel
 from jaxdissect.capturing import capture_fn
-from jaxdissect.config_error import ConfigError
+from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
 from jaxdissect.data.paired import STYLIZED_SCENES, paired_source
 from jaxdissect.dissect import runstate, steps
@@ -202,15 +202,11 @@ class ShapeBiasConfig:
             raise ConfigError("quantile", f"must lie in (0, 1), got {q!r}")
         if not (isinstance(self.miniou, (int, float)) and math.isfinite(self.miniou) and 0 <= self.miniou <= 1):
             raise ConfigError("miniou", f"must lie in [0, 1], got {self.miniou!r}")
-        for name in ("batch_size", "topk", "strip_images", "thumbsize", "sample_size", "devices"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(name, f"must be a whole number of at least 1, got {value!r}")
+        check_whole_numbers(self, {"batch_size": 1, "topk": 1, "strip_images": 1, "thumbsize": 1, "sample_size": 1,
+                                   "devices": 1, "checkpoint_every": 0}, ("sample_size", "devices"))
         r = self.resolution
         if not (isinstance(r, int) and 1 <= r <= 2 ** 16 and r & (r - 1) == 0):
             raise ConfigError("resolution", f"must be a power of two in [1, 65536], got {r!r}")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise ConfigError("checkpoint_every", f"must be a whole number >= 0, got {self.checkpoint_every!r}")
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError("layers", f"a layer is named twice: {list(self.layers)}")
 

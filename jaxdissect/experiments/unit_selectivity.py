@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from jaxdissect import results
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.capturing import layer_shapes
-from jaxdissect.config_error import ConfigError
+from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
 from jaxdissect.data import sources
 from jaxdissect.dissect.config import MODEL_ALIASES
@@ -185,12 +185,8 @@ class UnitSelectivityConfig:
     progress: bool = option(True, "no progress bars (shown by default)", flags=("--no-progress",))
 
     def __post_init__(self):
-        if not _whole(self.top_units) or self.top_units < 0:
-            raise ConfigError("top_units", f"must be >= 0, got {self.top_units!r}")
-        for name in ("max_classes", "batch_size", "sample_size"):
-            value = getattr(self, name)
-            if value is not None and (not _whole(value) or value < 1):
-                raise ConfigError(name, f"must be >= 1, got {value!r}")
+        check_whole_numbers(self, {"top_units": 0, "max_classes": 1, "batch_size": 1, "sample_size": 1},
+                            ("sample_size",))
         for u in self.units:
             if not _whole(u) or u < 0:
                 raise ConfigError("units", f"a unit is a whole number >= 0, got {u!r}")
