@@ -64,6 +64,23 @@ class ArgumentParser(argparse.ArgumentParser):
         """Exit 2 with `argument FLAG: message`."""
         self.error(f"argument {flag}: {message}")
 
+    @classmethod
+    def from_doc(cls, prog: str, doc: str) -> "ArgumentParser":
+        """A script's parser: its docstring's first paragraph is the description, the rest the epilog."""
+        first, _, rest = doc.partition("\n\n")
+        return cls(prog=prog, description=first, epilog=rest or None)
+
+    def parse_config_args(self, argv: Sequence[str] | None, build_config: Callable[[argparse.Namespace], object]
+                          ) -> argparse.Namespace:
+        """Parse `argv`, then build the experiment's config from the flags (it checks its own values):
+        a ConfigError exits 2 naming its flag, before any work."""
+        args = self.parse_args(argv)
+        try:
+            build_config(args)
+        except ConfigError as e:
+            self.fail(e.flag, e.message)
+        return args
+
 
 # ---------------------------------------------------------------------------------------------
 # Value types: each raises ArgumentTypeError saying what it accepts

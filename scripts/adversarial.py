@@ -21,7 +21,6 @@ import sys
 
 from jaxdissect import cli, config_flags, parallel
 from jaxdissect.compilation_cache import enable_compilation_cache
-from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments.adversarial import FAST_CW, AdversarialConfig, run_experiment
 from jaxdissect.experiments.attacks import attack_config
 from jaxdissect.models.flags import add_model_flags
@@ -56,16 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message). The
     experiment's flags, their defaults and help come from AdversarialConfig, which checks its own
     values; the attack's are this script's."""
-    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p = cli.ArgumentParser.from_doc(PROG, __doc__)
     config_flags.add_config_flags(p, AdversarialConfig)
     add_attack_flags(p)
     add_model_flags(p)
     parallel.add_distributed_flags(p)
-    args = p.parse_args(argv)
-    try:
-        config_from_args(args)  # the config checks its own values
-    except ConfigError as e:
-        p.fail(e.flag, e.message)
+    args = p.parse_config_args(argv, config_from_args)  # the config checks its own values
     spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_existing(p, "--ranking-file", args.ranking_file, "file")

@@ -16,7 +16,6 @@ import argparse
 import sys
 
 from jaxdissect import cli, config_flags, parallel
-from jaxdissect.config_error import ConfigError
 from jaxdissect.models.flags import add_model_flags
 from jaxdissect.experiments.generator_intervention import GeneratorInterventionConfig, run_experiment
 
@@ -25,15 +24,11 @@ PROG = "intervene_generator.py"
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
-    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p = cli.ArgumentParser.from_doc(PROG, __doc__)
     config_flags.add_config_flags(p, GeneratorInterventionConfig)
     add_model_flags(p)
     parallel.add_distributed_flags(p)
-    args = p.parse_args(argv)
-    try:
-        config_from_args(args)  # the config checks its own values
-    except ConfigError as e:
-        p.fail(e.flag, e.message)
+    args = p.parse_config_args(argv, config_from_args)  # the config checks its own values
     spec, args.loaded_model = cli.check_model_or_factory(p, "--model", args, ("generator",))
     cli.check_existing(p, "--weights", args.weights)
     if spec is not None:

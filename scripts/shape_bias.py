@@ -20,7 +20,6 @@ import argparse
 import sys
 
 from jaxdissect import cli, config_flags, parallel
-from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments.shape_bias import ShapeBiasConfig, paired_name, run_experiment
 
 PROG = "shape_bias.py"
@@ -28,15 +27,10 @@ PROG = "shape_bias.py"
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
-    doc = __doc__.split("\n\n")
-    p = cli.ArgumentParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]))
+    p = cli.ArgumentParser.from_doc(PROG, __doc__)
     config_flags.add_config_flags(p, ShapeBiasConfig)
     parallel.add_distributed_flags(p)
-    args = p.parse_args(argv)
-    try:
-        paired_name(config_from_args(args))  # the config checks its own values; the datasets must pair
-    except ConfigError as e:
-        p.fail(e.flag, e.message)
+    args = p.parse_config_args(argv, lambda a: paired_name(config_from_args(a)))  # the datasets must pair too
     spec = cli.check_model(p, "--model", args.model, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_layers(p, "--layers", spec, args.layers, args.weights)

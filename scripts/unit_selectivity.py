@@ -18,7 +18,6 @@ import argparse
 import sys
 
 from jaxdissect import cli, config_flags
-from jaxdissect.config_error import ConfigError
 from jaxdissect.experiments.unit_selectivity import UnitSelectivityConfig, run_experiment
 
 PROG = "unit_selectivity.py"
@@ -26,14 +25,9 @@ PROG = "unit_selectivity.py"
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The flags, each checked before any work (a bad one exits 2 with a one-line message)."""
-    doc = __doc__.split("\n\n")
-    p = cli.ArgumentParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]))
+    p = cli.ArgumentParser.from_doc(PROG, __doc__)
     config_flags.add_config_flags(p, UnitSelectivityConfig)
-    args = p.parse_args(argv)
-    try:
-        config_from_args(args)  # the config checks its own values
-    except ConfigError as e:
-        p.fail(e.flag, e.message)
+    args = p.parse_config_args(argv, config_from_args)  # the config checks its own values
     spec = cli.check_model(p, "--model", args.model, ("classifier",))
     cli.check_existing(p, "--weights", args.weights)
     cli.check_layers(p, "--layer", spec, [args.layer] if args.layer else None, args.weights)
