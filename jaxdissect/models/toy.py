@@ -3,6 +3,9 @@
 - `toy_classifier`: a small VGG-like CNN (features.conv1_1 ... features.conv4_2, post-ReLU,
   each with its inner conv named 'conv'; global average pool; classifier.fc6, classifier.fc7)
   over 128x128 images normalized with the ImageNet mean/std, predicting the scene class.
+- `toy_classifier_shapes`: the same layers, narrower, trained also to tell which objects and
+  parts are present in stylized twins of the scenes (scripts/train_toy_shapes.py), so that
+  shapes, not only surfaces, drive its units: the shape-trained contrast to `toy_classifier`.
 - `toy_segmenter`: a small encoder-decoder over images in [-1, 1] giving, per category
   (object, part, material, color), logits over that category's labels at half resolution.
 - `toy_generator`: a Progressive-GAN-shaped generator z (N, z_dim) -> RGB in [-1, 1]
@@ -160,6 +163,15 @@ CLASSIFIER_SPEC = registry.register(registry.ModelSpec(
     input_size=(128, 128), normalization=registry.IMAGENET_NORMALIZATION,
     default_layer="features.conv4_2", layer_names=classifier_layer_names(),
     labels=_scene_classes, packaged_weights="weights/toy_classifier"))
+
+SHAPES_CLASSIFIER_STAGES = ((16,), (32,), (48, 48), (96, 96))  # 3/4 width at the top: the size budget
+
+SHAPES_CLASSIFIER_SPEC = registry.register(registry.ModelSpec(
+    name="toy_classifier_shapes", kind="classifier", build=build_classifier,
+    default_config={"num_classes": 8, "stages": [list(s) for s in SHAPES_CLASSIFIER_STAGES], "hidden": 96},
+    input_size=(128, 128), normalization=registry.IMAGENET_NORMALIZATION,
+    default_layer="features.conv4_2", layer_names=classifier_layer_names(SHAPES_CLASSIFIER_STAGES),
+    labels=_scene_classes, packaged_weights="weights/toy_classifier_shapes"))
 
 SEGMENTER_SPEC = registry.register(registry.ModelSpec(
     name="toy_segmenter", kind="segmenter", build=build_segmenter,

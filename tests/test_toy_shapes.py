@@ -1,0 +1,99 @@
+"""The shape-trained toy classifier (`toy_classifier_shapes`): it loads with the toy classifier's
+layer names, its accuracy is measured here on val scenes, its units keep their masks on stylized
+scenes where the colour-driven toy classifier's do not (measured, slow), and its training script
+runs (a tiny smoke run)."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdissect
+from jaxdissect.data.scenes import Scenes
+from jaxdissect.experiments.shape_bias import ShapeBiasConfig, run_experiment
+from jaxdissect.models import load, registry, toy
+
+SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "scripts"
+WEIGHTS = pathlib.Path(jaxdissect.__file__).parent / "weights"
+MEAN = np.asarray(registry.IMAGENET_NORMALIZATION["mean"], np.float32)
+STD = np.asarray(registry.IMAGENET_NORMALIZATION["std"], np.float32)
+
+
+def accuracy(model, images, scenes):
+    f = jax.jit(lambda v, x: model.module.apply(v, (x / 255.0 - MEAN) / STD).argmax(-1))
+    pred = np.concatenate([np.asarray(f(model.variables, jnp.asarray(images[i:i + 100], jnp.float32)))
+                           for i in range(0, len(images), 100)])
+    return float((pred == scenes).mean())
+
+
+def test_loads_with_the_toy_classifiers_layer_names():
+    model = load("toy_classifier_shapes")
+    assert model.kind == "classifier" and model.default_layer == "features.conv4_2"
+    assert set(model.layer_names) == set(toy.classifier_layer_names())
+    features = model.variables["params"]["features"]
+    assert features["conv4_1"]["conv"]["kernel"].shape == (3, 3, 48, 96)  # 3/4 of the toy classifier's widths
+    assert features["conv4_2"]["conv"]["kernel"].shape == (3, 3, 96, 96)
+
+
+def test_scene_accuracy_on_val_scenes():
+    """Measured here on 300 val scenes (chance 1/8)."""
+    val = Scenes("val", 300, seed=0).batch(range(300))
+    assert accuracy(load("toy_classifier_shapes"), val["image"], val["scene"]) >= 0.9
+
+
+def test_recorded_training():
+    """TRAINING.json holds the run that made the shipped weights (its presence head is not shipped,
+    so its accuracy on stylized twins is read from the record: far above the 0.5 of no information)."""
+    entry = json.loads((WEIGHTS / "TRAINING.json").read_text())["classifier-shapes"]
+    assert entry["command"].startswith("python scripts/train_toy_shapes.py") and entry["seed"] == 0
+    m = entry["metrics"]
+    assert m["presence_balanced_accuracy"] >= 0.85 and m["presence_balanced_accuracy_stylized"] >= 0.6
+
+
+@pytest.mark.slow
+def test_shape_units_keep_their_masks_on_stylized_scenes_more_than_surface_units(tmp_path):
+    """Measured (120 val scene pairs, materials and colours changed; units labelled with IoU > 0.04
+    on the originals; mean IoU of each unit's top-1% masks on the two images of a pair):
+
+    layer     shape units (object, part)   surface units (material, color)   gap
+    conv4_1   0.063 (54 units)             0.036 (26 units)                  +0.027
+    conv4_2   0.073 (49 units)             0.044 (17 units)                  +0.028
+    (independent masks of the same coverage: 0.005)
+
+    The colour-driven toy_classifier measures 0.008 against 0.014 on the same pairs
+    (tests/test_shape_bias.py): training on shapes reverses the gap and makes the masks agree
+    five to nine times more."""
+    config = ShapeBiasConfig(model="toy_classifier_shapes", outdir=str(tmp_path), sample_size=120,
+                             layers=("features.conv4_1", "features.conv4_2"), batch_size=20, progress=False,
+                             thumbsize=32, strip_images=1, topk=2)
+    c41, c42 = (layer.summary for layer in run_experiment(config).layers)
+    assert (c41["shape"]["units"], c41["surface"]["units"]) == (54, 26)
+    assert (c42["shape"]["units"], c42["surface"]["units"]) == (49, 17)
+    assert c42["shape"]["chance_mean"] == pytest.approx(0.005, abs=0.001)
+    assert c41["shape"]["mean"] == pytest.approx(0.063, abs=0.003)
+    assert c41["surface"]["mean"] == pytest.approx(0.036, abs=0.003)
+    assert c42["shape"]["mean"] == pytest.approx(0.073, abs=0.003)
+    assert c42["surface"]["mean"] == pytest.approx(0.044, abs=0.003)
+    for s in (c41, c42):
+        assert s["gap"] >= 0.02 and s["shape"]["mean"] >= 1.5 * s["surface"]["mean"]
+
+
+@pytest.mark.slow
+def test_training_script_smoke(tmp_path):
+    """Two optimizer steps on eight scenes: the script trains, ships only the classifier (no
+    presence head) and records its run."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import train_toy_shapes
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    out = tmp_path / "out"
+    assert train_toy_shapes.main(["--out", str(out), "--steps", "2", "--batch", "4", "--train-size", "8",
+                                  "--val-size", "8", "--style-seeds", "1"]) == 0
+    model = load("toy_classifier_shapes", weights=str(out / "toy_classifier_shapes"))
+    assert set(model.variables["params"]) == {"features", "classifier"}
+    entry = json.loads((out / "TRAINING.json").read_text())["classifier-shapes"]
+    assert entry["hyperparameters"]["steps"] == 2 and "classifier-shapes" in (out / "TRAINING.md").read_text()
