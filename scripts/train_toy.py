@@ -549,9 +549,11 @@ def _without_cache(argv: Sequence[str]) -> list[str]:
 
 
 def record(out: str, which: str, metrics: dict, argv: Sequence[str], args, script: str = "scripts/train_toy.py",
-           hyperparameters: Sequence[str] = ("steps", "batch", "lr", "train_size")) -> None:
+           hyperparameters: Sequence[str] = ("steps", "batch", "lr", "train_size"),
+           summary: Callable[[dict], list[str]] | None = None) -> None:
     """Merge this run's command (`script` and its arguments), seed and metrics into TRAINING.json
-    and rewrite TRAINING.md. A --measure-only run keeps the training command and adds the measuring one."""
+    and rewrite TRAINING.md. A --measure-only run keeps the training command and adds the measuring one.
+    `summary`: the entry's TRAINING.md lines from its metrics, for stages this file does not describe."""
     path = os.path.join(out, "TRAINING.json")
     data = json.load(open(path)) if os.path.isfile(path) else {}
     command = f"python {script} " + " ".join(_without_cache(argv))
@@ -564,6 +566,8 @@ def record(out: str, which: str, metrics: dict, argv: Sequence[str], args, scrip
     else:
         entry["measured_by"] = command
     entry["metrics"] = metrics
+    if summary is not None:
+        entry["summary_lines"] = summary(metrics)
     data[which] = entry
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=1)

@@ -9,14 +9,13 @@ trained on two tasks at once: the scene class of plain scenes, and which objects
 present (multi-label, at least 32 pixels) in plain scenes and in their stylized twins (same
 geometry, other materials and colours; each training image is replaced by one of its
 --style-seeds twins with probability --stylized-fraction, and the scene loss skips those).
-Surfaces decide the scene class; only shapes say which objects are present in a stylized twin. Only the
-scene classifier is shipped (the presence head is dropped). The run's command, seed,
+Surfaces decide the scene class; only shapes say which objects are present in a stylized
+twin. Only the scene classifier is shipped (the presence head is dropped). The run's command, seed,
 hyperparameters and metrics go to TRAINING.json / TRAINING.md beside the other toys (--out).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -35,8 +34,8 @@ from jaxdissect.models import registry, toy
 from jaxdissect.models.weights_io import load_weights, save_weights
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_toy import (DEFAULT_OUT, _without_cache, classifier_accuracy, fit, log,  # noqa: E402
-                       measure_classifier_dissection, normalize_imagenet, scene_arrays, write_training_md)
+from train_toy import (DEFAULT_OUT, classifier_accuracy, fit, log, measure_classifier_dissection,  # noqa: E402
+                       normalize_imagenet, record, scene_arrays)
 
 NAME = "toy_classifier_shapes"
 PRESENCE_LABELS = OBJECTS + PARTS  # what the presence head predicts
@@ -95,13 +94,10 @@ def presence_accuracy(net, variables, images: np.ndarray, targets: np.ndarray, b
     return float(((tpr + tnr) / 2)[keep].mean())
 
 
-def train(args) -> dict:
-    spec = registry.get_spec(NAME)
-    config = dict(spec.default_config)
-    shipped = spec.build(config)
-    net = ShapeTrainingNet(shipped.stages, shipped.hidden, shipped.num_classes, len(PRESENCE_LABELS))
+def fit_two_tasks(args, net: ShapeTrainingNet) -> tuple[dict, float, int]:
+    """(trained variables with the presence head, last loss, seconds): scene loss on plain images,
+    presence loss on all, a stylized twin replacing each image with probability --stylized-fraction."""
     train_set = scene_arrays("train", args.train_size, args.seed, args.cache)
-    val = scene_arrays("val", args.val_size, args.seed, args.cache)
     twins = [stylized_images("train", args.train_size, args.seed, s, args.cache) for s in range(args.style_seeds)]
     targets = presence(train_set["segmentation"])
     bs = args.batch
@@ -126,14 +122,23 @@ def train(args) -> dict:
         presence_loss = optax.sigmoid_binary_cross_entropy(presence_logits, present).mean()
         return scene_loss + args.presence_weight * presence_loss, {"scene": scene_loss, "presence": presence_loss}
 
+    params = net.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))
+    return fit(loss_fn, params, data, args.steps, args.lr, args.seed)
+
+
+def train(args) -> dict:
+    spec = registry.get_spec(NAME)
+    config = dict(spec.default_config)
+    shipped = spec.build(config)
+    net = ShapeTrainingNet(shipped.stages, shipped.hidden, shipped.num_classes, len(PRESENCE_LABELS))
+    val = scene_arrays("val", args.val_size, args.seed, args.cache)
     if args.measure_only:
         path = os.path.join(args.out, NAME)
         variables, _, meta = load_weights(path)
         m = meta.get("metrics", {})
         last, secs, presence_params = m.get("train_loss"), m.get("train_seconds"), None
     else:
-        params = net.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))
-        params, last, secs = fit(loss_fn, params, data, args.steps, args.lr, args.seed)
+        params, last, secs = fit_two_tasks(args, net)
         variables = {"params": {k: params["params"][k] for k in ("features", "classifier")}}
         presence_params = params
         if args.keep_training_params:  # the presence head too, for looking at it later (not shipped)
@@ -171,26 +176,6 @@ def summary_lines(m: dict) -> list[str]:
             f"{', '.join(d.get('object_part_concepts', []))}"]
 
 
-def record(out: str, metrics: dict, argv: Sequence[str], args) -> None:
-    """Merge this run into TRAINING.json (key 'classifier-shapes') and rewrite TRAINING.md."""
-    path = os.path.join(out, "TRAINING.json")
-    data = json.load(open(path)) if os.path.isfile(path) else {}
-    command = "python scripts/train_toy_shapes.py " + " ".join(_without_cache(argv))
-    if args.measure_only:
-        entry = data.get("classifier-shapes", {})
-        entry["measured_by"] = command.rstrip()
-    else:
-        entry = {"command": command.rstrip(), "seed": args.seed, "jax": jax.__version__,
-                 "hyperparameters": {k: getattr(args, k) for k in HYPERPARAMETERS}}
-    entry["metrics"] = metrics
-    entry["summary_lines"] = summary_lines(metrics)
-    data["classifier-shapes"] = entry
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
-    write_training_md(out, data)
-
-
 HYPERPARAMETERS = ("steps", "batch", "lr", "train_size", "stylized_fraction", "style_seeds", "presence_weight")
 
 
@@ -226,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run(args):
         jax.config.update("jax_default_matmul_precision", "float32")
-        record(args.out, train(args), argv, args)
+        record(args.out, "classifier-shapes", train(args), argv, args, script="scripts/train_toy_shapes.py",
+               hyperparameters=HYPERPARAMETERS, summary=summary_lines)
         return 0
 
     return cli.run_script("train_toy_shapes.py", parse_args, run, argv)
