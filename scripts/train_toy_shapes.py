@@ -16,6 +16,7 @@ hyperparameters and metrics go to TRAINING.json / TRAINING.md beside the other t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -123,7 +124,32 @@ def fit_two_tasks(args, net: ShapeTrainingNet) -> tuple[dict, float, int]:
         return scene_loss + args.presence_weight * presence_loss, {"scene": scene_loss, "presence": presence_loss}
 
     params = net.init(jax.random.key(args.seed), jnp.zeros((1, 128, 128, 3)))
+    if args.init_from:
+        params = start_from(params, args.init_from, net)
     return fit(loss_fn, params, data, args.steps, args.lr, args.seed)
+
+
+def start_from(params: dict, folder: str, net: ShapeTrainingNet) -> dict:
+    """`params` with the features and scene classifier of the weights in `folder` (a
+    toy_classifier_shapes folder of the same widths); the presence head keeps its fresh start."""
+    variables, config, _ = load_weights(folder)
+    mine = {"stages": [list(s) for s in net.stages], "hidden": net.hidden, "num_classes": net.num_classes}
+    theirs = {"stages": [list(s) for s in config.get("stages", [])], "hidden": config.get("hidden"),
+              "num_classes": config.get("num_classes")}
+    if theirs != mine:
+        raise ValueError(f"--init-from {folder}: its network {theirs} is not {NAME}'s {mine}")
+    return {"params": {**params["params"], **{k: variables["params"][k] for k in ("features", "classifier")}}}
+
+
+def training_lineage(folder: str) -> list[dict]:
+    """The runs that trained the weights in `folder`, oldest first, from the TRAINING.json beside it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(folder)), "TRAINING.json")
+    entry = json.load(open(path)).get("classifier-shapes", {}) if os.path.isfile(path) else {}
+    if not entry:
+        return [{"command": f"(weights in {os.path.basename(os.path.abspath(folder))}; no training record beside them)"}]
+    m = entry.get("metrics", {})
+    return list(m.get("continued_from", [])) + [{"command": entry.get("command"), "steps": entry.get(
+        "hyperparameters", {}).get("steps"), "train_seconds": m.get("train_seconds")}]
 
 
 def train(args) -> dict:
@@ -138,6 +164,7 @@ def train(args) -> dict:
         m = meta.get("metrics", {})
         last, secs, presence_params = m.get("train_loss"), m.get("train_seconds"), None
     else:
+        lineage = training_lineage(args.init_from) if args.init_from else None
         params, last, secs = fit_two_tasks(args, net)
         variables = {"params": {k: params["params"][k] for k in ("features", "classifier")}}
         presence_params = params
@@ -146,6 +173,10 @@ def train(args) -> dict:
     val_styled = Scenes("val", args.val_size, seed=args.seed, stylized=True)
     styled_images = np.stack([val_styled[i]["image"] for i in range(args.val_size)])
     metrics = {"val_size": args.val_size, "train_loss": last, "train_seconds": secs}
+    if args.measure_only and m.get("continued_from"):
+        metrics["continued_from"] = m["continued_from"]
+    elif not args.measure_only and lineage:
+        metrics["continued_from"] = lineage
     metrics["val_accuracy"], _ = classifier_accuracy(shipped, variables, val["image"], val["scene"])
     metrics["val_accuracy_stylized"], _ = classifier_accuracy(shipped, variables, styled_images, val["scene"])
     if presence_params is not None:
@@ -166,7 +197,10 @@ def train(args) -> dict:
 
 def summary_lines(m: dict) -> list[str]:
     d = m.get("dissection_conv4_2", {})
-    return [f"- scene accuracy: {m.get('val_accuracy')} on {m.get('val_size')} val scenes, "
+    earlier = [f"- continued from the weights of: `{r['command']}`"
+               + (f" ({r['steps']} steps, {r['train_seconds']} s)" if r.get("steps") else "")
+               for r in m.get("continued_from", [])]
+    return earlier + [f"- scene accuracy: {m.get('val_accuracy')} on {m.get('val_size')} val scenes, "
             f"{m.get('val_accuracy_stylized')} on their stylized twins (materials and colours changed)",
             f"- presence head (not shipped), balanced accuracy over {len(PRESENCE_LABELS)} objects and parts: "
             f"{m.get('presence_balanced_accuracy')} on val scenes, {m.get('presence_balanced_accuracy_stylized')} "
@@ -197,12 +231,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="weight of the presence loss against the scene loss")
     p.add_argument("--keep-training-params", default=None,
                    help="also save the whole trained network, presence head included, to this folder")
+    p.add_argument("--init-from", default=None, metavar="FOLDER",
+                   help="start from the features and scene classifier of these toy_classifier_shapes weights "
+                        "(the presence head starts fresh); the run that made them is recorded with this one")
     p.add_argument("--measure-only", action="store_true",
                    help="measure the shipped weights in --out again instead of training")
     args = p.parse_args(argv)
     cli.check_outdir(p, "--out", args.out)
     if args.cache is not None:
         cli.check_outdir(p, "--cache", args.cache)
+    if args.init_from is not None:
+        cli.check_existing(p, "--init-from", args.init_from)
+        if args.measure_only:
+            p.fail("--init-from", "it trains; it cannot go with --measure-only")
     return args
 
 

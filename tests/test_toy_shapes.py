@@ -53,6 +53,52 @@ def test_recorded_training():
     assert m["presence_balanced_accuracy"] >= 0.85 and m["presence_balanced_accuracy_stylized"] >= 0.6
 
 
+def training_script():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import train_toy_shapes
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return train_toy_shapes
+
+
+def test_init_from_takes_the_shipped_layers_and_a_fresh_presence_head():
+    """--init-from: features and scene classifier are the given weights' (bit for bit), the
+    presence head is the fresh initialisation; a network of other widths is refused by name."""
+    script = training_script()
+    shipped = load("toy_classifier_shapes")
+    m = shipped.module
+    net = script.ShapeTrainingNet(m.stages, m.hidden, m.num_classes, len(script.PRESENCE_LABELS))
+    fresh = net.init(jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+    started = script.start_from(fresh, str(WEIGHTS / "toy_classifier_shapes"), net)
+    for name in ("features", "classifier"):
+        for a, b in zip(jax.tree.leaves(started["params"][name]), jax.tree.leaves(shipped.variables["params"][name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(started["params"]["presence"]), jax.tree.leaves(fresh["params"]["presence"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="toy_classifier_shapes's"):
+        script.start_from(fresh, str(WEIGHTS / "toy_classifier"), net)
+
+
+def test_training_lineage_names_the_runs_before(tmp_path):
+    """A continued run records the run(s) that made its starting weights, oldest first."""
+    script = training_script()
+    (tmp_path / "w").mkdir()
+    first = {"command": "python scripts/train_toy_shapes.py --steps 10", "hyperparameters": {"steps": 10},
+             "metrics": {"train_seconds": 5}}
+    (tmp_path / "TRAINING.json").write_text(json.dumps({"classifier-shapes": first}))
+    assert script.training_lineage(str(tmp_path / "w")) == [
+        {"command": "python scripts/train_toy_shapes.py --steps 10", "steps": 10, "train_seconds": 5}]
+    second = {"command": "python scripts/train_toy_shapes.py --steps 20 --init-from w", "hyperparameters": {"steps": 20},
+              "metrics": {"train_seconds": 9, "continued_from": script.training_lineage(str(tmp_path / "w"))}}
+    (tmp_path / "TRAINING.json").write_text(json.dumps({"classifier-shapes": second}))
+    assert [r["steps"] for r in script.training_lineage(str(tmp_path / "w"))] == [10, 20]
+    lines = script.summary_lines(second["metrics"])
+    assert lines[0] == "- continued from the weights of: `python scripts/train_toy_shapes.py --steps 10` (10 steps, 5 s)"
+    (tmp_path / "TRAINING.json").unlink()
+    assert "no training record" in script.training_lineage(str(tmp_path / "w"))[0]["command"]
+
+
 @pytest.mark.slow
 def test_shape_units_keep_their_masks_on_stylized_scenes_more_than_surface_units(tmp_path):
     """Measured (120 val scene pairs, materials and colours changed; units labelled with IoU > 0.04
@@ -85,13 +131,8 @@ def test_shape_units_keep_their_masks_on_stylized_scenes_more_than_surface_units
 def test_training_script_smoke(tmp_path):
     """Two optimizer steps on eight scenes: the script trains, ships only the classifier (no
     presence head) and records its run."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import train_toy_shapes
-    finally:
-        sys.path.remove(str(SCRIPTS))
     out = tmp_path / "out"
-    assert train_toy_shapes.main(["--out", str(out), "--steps", "2", "--batch", "4", "--train-size", "8",
+    assert training_script().main(["--out", str(out), "--steps", "2", "--batch", "4", "--train-size", "8",
                                   "--val-size", "8", "--style-seeds", "1"]) == 0
     model = load("toy_classifier_shapes", weights=str(out / "toy_classifier_shapes"))
     assert set(model.variables["params"]) == {"features", "classifier"}
