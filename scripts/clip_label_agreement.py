@@ -5,9 +5,10 @@
 
 Takes the IoU labels of a dissection of the toy classifier (report.json of scripts/dissect.py
 on 1000 val scenes; made here when --report is not given), summarizes each unit per image over
-the same 1000 val scenes (spatial mean and spatial max: CLIP-Dissect's two pool modes), labels
-every unit with the toy CLIP and the default scene concept list (soft-WPMI and the simpler
-scores, each with both summaries), and reports, for the units whose IoU
+the same 1000 val scenes (spatial mean and spatial max: CLIP-Dissect's two pool modes) and over
+each of their 3x3 windows of half the side (the window probe), labels every unit with the toy
+CLIP and the default scene concept list (soft-WPMI, WPMI and the simpler scores, each with both
+probes and both summaries), and reports, for the units whose IoU
 exceeds --min-iou, how many CLIP labels name the IoU label's concept (or a phrase containing
 it). Writes agreement.json and agreement.md (a side-by-side table) into --out.
 """
@@ -42,18 +43,22 @@ def dissect_report(outdir: str) -> str:
     return os.path.join(result.directory, "report.json")
 
 
-def unit_activation_summaries(layer: str, n: int, batch: int = 50) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(images uint8 (n, 128, 128, 3), {'mean' | 'max': per-image spatial mean / max of every unit of `layer` (n, units)})."""
+def unit_activation_summaries(layer: str, n: int, batch: int = 50) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({'images': uint8 (n, 128, 128, 3), 'windows': their 3x3 half-side windows (9n, 64, 64, 3)},
+    {'<probe>/<mean|max>': every unit's spatial mean / max of `layer` per image or per window})."""
     model = load("toy_classifier")
     scenes = Scenes("val", n)
-    images, summaries = [], {"mean": [], "max": []}
+    images, summaries = {"images": [], "windows": []}, {f"{p}/{m}": [] for p in clip_labels.PROBES for m in ("mean", "max")}
     for i in range(0, n, batch):
         x = scenes.batch(range(i, min(i + batch, n)))["image"]
         _, acts = capture(model, preprocess(x, model.input_size, model.normalization), layers=(layer,))
-        for mode, out in summaries.items():
-            out.append(np.asarray(clip_labels.unit_summaries(acts[layer], mode)))
-        images.append(x)
-    return np.concatenate(images), {mode: np.concatenate(out) for mode, out in summaries.items()}
+        for mode in ("mean", "max"):
+            summaries[f"images/{mode}"].append(np.asarray(clip_labels.unit_summaries(acts[layer], mode)))
+            summaries[f"windows/{mode}"].append(np.asarray(clip_labels.window_summaries(acts[layer], mode=mode)))
+        images["images"].append(x)
+        images["windows"].append(clip_labels.window_crops(x))
+    return ({k: np.concatenate(v) for k, v in images.items()},
+            {k: np.concatenate(v) for k, v in summaries.items()})
 
 
 def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = "toy_clip",
@@ -62,25 +67,26 @@ def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = 
     images, summaries = unit_activation_summaries(layer, n)
     encoder = ClipEncoder.load(clip_model, weights=weights)
     phrases = clip_labels.load_concepts(None)
-    sims = encoder.encode_images(images) @ encoder.encode_text(phrases).T
+    text = encoder.encode_text(phrases)
+    sims = {probe: encoder.encode_images(x) @ text.T for probe, x in images.items()}
     iou_label = [u["label"] for u in units]
     iou = [u["iou"] for u in units]
     out = {"report": os.path.basename(os.path.dirname(report)), "layer": layer, "images": n, "min_iou": min_iou,
            "clip_model": clip_model, "concepts": len(phrases), "methods": {}}
-    for pool, acts in summaries.items():
+    for probe_pool, acts in summaries.items():
         for method in clip_scores.SCORE_FUNCTIONS:
             params = {"top_k": min(100 if method == "soft_wpmi" else 28, n)} if "wpmi" in method else {}
-            scores = np.asarray(clip_scores.unit_phrase_scores(acts, sims, method, **params))
+            scores = np.asarray(clip_scores.unit_phrase_scores(acts, sims[probe_pool.split("/")[0]], method, **params))
             labels = clip_labels.ClipLabels(phrases, scores, method, clip_model)
             agree, total = clip_labels.agreement(iou_label, iou, [labels.label(u) for u in range(len(units))], min_iou)
-            out["methods"][f"{method}/{pool}"] = {
+            out["methods"][f"{method}/{probe_pool}"] = {
                 "agree": agree, "units": total, "fraction": agree / max(total, 1),
                 "units_table": [{"unit": u["unit"], "iou_label": u["label"], "iou": u["iou"], **labels.unit_json(i)}
                                 for i, u in enumerate(units)]}
     return out
 
 
-def table(result: dict, method: str = "soft_wpmi/max", rows: int = 12) -> str:
+def table(result: dict, method: str = "wpmi/windows/max", rows: int = 12) -> str:
     """A markdown table of `rows` units over min_iou, spread over the IoU labels (best IoU first)."""
     units = [u for u in result["methods"][method]["units_table"] if u["iou"] > result["min_iou"]]
     by_label: dict[str, list] = {}

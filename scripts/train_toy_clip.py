@@ -4,8 +4,11 @@
     python scripts/train_toy_clip.py --seed 0 --measure-only        (measure the shipped weights)
     python scripts/train_toy_clip.py --seed 0 --text-encoder bow --out OTHER_DIR   (the comparison)
 
-Images are the train split's scenes, box-downsampled to 64x64; each step pairs every image of
-the batch with a fresh random caption of its exact composition (jaxdissect.data.captions) and
+Images are the train split's scenes, box-downsampled to 64x64, and with probability
+--crop-fraction a window of the scene instead (64 px windows shown as they are, 32 px windows
+enlarged to 64: CROP_WINDOWS), so that it also learns what a part of a scene shows, as
+CLIP-Dissect's window probes ask of it; each step pairs every image of
+the batch with a fresh random caption of its exact composition, or of the window's (jaxdissect.data.captions), and
 minimizes CLIP's symmetric cross-entropy over the batch's image-text similarities (learned
 temperature). Metrics on the val split: zero-shot scene classification (the 8 classes, prompt
 ensembles over each class's synonyms), text-to-image retrieval of object and attribute phrases
@@ -29,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdissect.data.captions import SCENE_WORDS, THINGS, caption, full_caption, render_with_composition
+from jaxdissect.data.captions import (SCENE_WORDS, THINGS, caption, full_caption, grid_windows,
+                                     render_with_windows)
 from jaxdissect.data.scenes import SCENE_CLASSES
 from jaxdissect.models import registry, toy_clip
 from jaxdissect.models.clip_encoder import ClipEncoder, class_text_features, retrieval_at_k, zero_shot_accuracy
@@ -39,24 +43,44 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_toy import DEFAULT_OUT, _without_cache, fit, log, write_training_md  # noqa: E402
 
 NAME = "toy_clip"
+# Windows (y0, y1, x0, x1) of a 128 px scene that --crop-fraction trains on, each captioned with
+# what is visible in it: 64 px windows every 32 px, and 32 px windows (shown at 64 px, bicubic).
+CROP_WINDOWS = grid_windows(128, 64, 32) + grid_windows(128, 32, 32)
 
 
-def scene_data(split: str, n: int, seed: int, cache: str | None = None) -> dict:
-    """64x64 uint8 images (2x2 box-averaged from 128), scene classes and compositions of the first n scenes."""
-    path = pathlib.Path(cache) / f"clip-scenes-{split}-{n}-{seed}.pkl" if cache else None
+def window_image(image: np.ndarray, window: tuple[int, int, int, int], size: int = 64) -> np.ndarray:
+    """The window of a uint8 HWC image at size x size (bicubic when it is smaller), uint8."""
+    y0, y1, x0, x1 = window
+    crop = image[y0:y1, x0:x1]
+    if crop.shape[:2] == (size, size):
+        return crop
+    up = jax.image.resize(jnp.asarray(crop, jnp.float32), (size, size, 3), "cubic")
+    return np.clip(np.rint(np.asarray(up)), 0, 255).astype(np.uint8)
+
+
+def scene_data(split: str, n: int, seed: int, cache: str | None = None, windows: bool = False) -> dict:
+    """64x64 uint8 images (2x2 box-averaged from 128), scene classes and compositions of the first n
+    scenes; with `windows`, also the 128 px images ('full') and each CROP_WINDOWS window's composition."""
+    name = f"clip-scenes-{split}-{n}-{seed}" + ("-windows" if windows else "")
+    path = pathlib.Path(cache) / f"{name}.pkl" if cache else None
     if path is not None and path.is_file():
         with open(path, "rb") as f:
             return pickle.load(f)
     t = time.time()
     images = np.zeros((n, 64, 64, 3), np.uint8)
-    comps = []
+    comps, full, window_comps = [], np.zeros((n, 128, 128, 3), np.uint8) if windows else None, []
     for i in range(n):
-        im, _, comp = render_with_composition(seed, split, i)
+        im, _, comp, in_windows = render_with_windows(seed, split, i, CROP_WINDOWS if windows else ())
         images[i] = np.rint(im.reshape(64, 2, 64, 2, 3).astype(np.float32).mean((1, 3))).astype(np.uint8)
         comps.append(comp)
+        if windows:
+            full[i] = im
+            window_comps.append(in_windows)
     scene = np.asarray([SCENE_CLASSES.index(c.scene) for c in comps], np.int32)
     log(f"rendered {n} {split} scenes with their compositions in {time.time() - t:.0f}s")
     out = {"image": images, "scene": scene, "composition": comps}
+    if windows:
+        out.update(full=full, window_compositions=window_comps)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -125,7 +149,7 @@ def train(args) -> dict:
     spec = registry.get_spec(NAME)
     module = spec.build(config)
     tok = toy_clip.tokenizer_for(config)
-    train_data = scene_data("train", args.train_size, args.seed, args.cache)
+    train_data = scene_data("train", args.train_size, args.seed, args.cache, windows=args.crop_fraction > 0)
     val = scene_data("val", args.val_size, args.seed, args.cache)
     params = module.init(jax.random.key(args.seed), jnp.zeros((1, 64, 64, 3)))
     images = train_data["image"]
@@ -135,9 +159,16 @@ def train(args) -> dict:
     def data(rng):
         idx = rng.choice(len(images), bs, replace=False)
         x = images[idx]
+        what = [comps[i] for i in idx]
+        if args.crop_fraction > 0:  # some images replaced by a window of the scene, captioned by its contents
+            cropped = rng.random(bs) < args.crop_fraction
+            which = rng.integers(len(CROP_WINDOWS), size=bs)
+            for j in np.flatnonzero(cropped):
+                x[j] = window_image(train_data["full"][idx[j]], CROP_WINDOWS[which[j]])
+                what[j] = train_data["window_compositions"][idx[j]][which[j]]
         flip = rng.random(bs) < 0.5
         x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-        caps = [caption(comps[i], rng) for i in idx]
+        caps = [caption(c, rng) for c in what]
         return jnp.asarray(x, jnp.float32) / 127.5 - 1.0, jnp.asarray(tok(caps))
 
     def loss_fn(p, batch, key):
@@ -200,7 +231,8 @@ def record(out: str, metrics: dict, argv: Sequence[str], args) -> None:
         metrics = {**entry.get("metrics", {}), **metrics}
     else:
         entry = {"command": command, "seed": args.seed, "jax": jax.__version__,
-                 "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size", "text_encoder")}}
+                 "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size", "text_encoder")
+                                     + ("crop_fraction",)}}
     entry["metrics"] = metrics
     entry["summary_lines"] = summary_lines(metrics)
     data[NAME] = entry
@@ -222,10 +254,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=8000)
     p.add_argument("--val-size", type=int, default=1000)
     p.add_argument("--text-encoder", choices=("transformer", "bow"), default="transformer")
+    p.add_argument("--crop-fraction", type=float, default=0.5,
+                   help="probability that a training image is a window of its scene (CROP_WINDOWS: 64 and 32 px) "
+                        "captioned with what the window shows")
     p.add_argument("--measure-only", action="store_true", help="measure the weights in --out again instead of training")
     args = p.parse_args(argv)
     if args.batch < 2 or args.steps < 1 or args.train_size < args.batch:
         p.error("need --batch >= 2, --steps >= 1 and --train-size >= --batch")
+    if not 0 <= args.crop_fraction <= 1:
+        p.error(f"argument --crop-fraction: must be between 0 and 1, got {args.crop_fraction}")
     jax.config.update("jax_default_matmul_precision", "float32")
     metrics = train(args)
     record(args.out, metrics, argv, args)

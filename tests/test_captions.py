@@ -106,3 +106,31 @@ def test_shipped_concept_list():
 def test_shipped_concept_list_is_the_derived_one():
     text = importlib.resources.files("jaxdissect.data").joinpath("scene_concepts.txt").read_text()
     assert tuple(text.splitlines()) == cap.default_concepts()
+
+
+def test_window_compositions_name_what_the_window_shows():
+    """A window's composition (the toy CLIP's crop captions) names an object only when at least
+    MIN_THING_PIXELS of its pixels are in the window (sky: MIN_PART_PIXELS), names every object
+    that covers 300 of them, and keeps the whole scene's class; the whole composition is
+    render_with_composition's."""
+    windows = cap.grid_windows(128, 64, 32) + cap.grid_windows(128, 32, 32)
+    assert len(windows) == 9 + 16 and windows[4] == (32, 96, 32, 96)
+    for i in range(6):
+        image, seg, whole, parts = cap.render_with_windows(0, "val", i, windows)
+        ref_image, _, ref_whole = cap.render_with_composition(0, "val", i)
+        np.testing.assert_array_equal(image, ref_image)
+        assert whole == ref_whole
+        for (y0, y1, x0, x1), comp in zip(windows, parts):
+            counts = np.bincount(seg[0, y0:y1, x0:x1].ravel(), minlength=len(SCENE_LABELS))
+            named = comp.objects()
+            for name in named:
+                floor = cap.MIN_PART_PIXELS if name in ("sky", "cloud") else cap.MIN_THING_PIXELS
+                assert counts[SCENE_LABELS.index(name)] >= floor, (i, (y0, x0), name)
+            big = {SCENE_LABELS.names[k] for k in np.flatnonzero(counts >= 300) if k}
+            assert big <= named, (i, (y0, x0), big - named)
+            assert comp.scene == whole.scene
+            assert (comp.sky is None) == (counts[SCENE_LABELS.index("sky")] < cap.MIN_PART_PIXELS)
+            text = cap.caption(comp, np.random.default_rng(i))
+            assert set(cap.tokenize_words(text)) <= set(cap.VOCABULARY)
+            if comp.sky is None:
+                assert "sky" not in cap.concept_phrases(comp) and "sky" not in cap.tokenize_words(cap.full_caption(comp))

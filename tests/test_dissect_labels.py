@@ -125,16 +125,49 @@ def test_open_vocabulary_labels_in_the_report_equal_the_labelling_function(tmp_p
     from jaxdissect.dissect.clip_labels import label_units as clip_label_units
 
     [r] = dissect(cfg(tmp_path, model="toy_classifier", sample_size=32, layers=("features.conv4_2",),
-                      label_source="clip", clip_summary="max"))
+                      label_source="clip", clip_summary="max", clip_probe="images",
+                      clip_method="soft_wpmi"))
     units = json.load(open(os.path.join(r.directory, "report.json")))["units"]
     src = sources.ScenesSource(size=32)
     images = src.load(np.arange(32)).inputs
-    peaks = np.load if False else None  # noqa: F841 (the pipeline's summaries are the peaks cache)
     from jaxdissect.array_cache import ArrayCache
 
     fp_ = json.load(open(os.path.join(r.directory, "cache", "peaks", "fingerprint.json")))
     cache = ArrayCache.open(os.path.join(r.directory, "cache", "peaks"), 32, (128,), "float32", fp_["fingerprint"])
-    want = clip_label_units(images, cache.read(np.arange(32)), clip_model="toy_clip", method="soft_wpmi")
+    batches = [images[i:i + 8] for i in range(0, 32, 8)]  # CLIP sees them in the run's batches of 8
+    want = clip_label_units(batches, cache.read(np.arange(32)), clip_model="toy_clip", method="soft_wpmi")
     for u in (0, 17, 76, 127):
         assert units[u]["clip_label"] == want.label(u)
         assert units[u]["clip_score"] == pytest.approx(float(want.scores[u, want.best[u]]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_open_vocabulary_labels_on_windows_equal_the_labelling_function_on_hand_cut_windows(tmp_path):
+    """The default probe: each image's 3x3 windows of half its side; the units' per-window peaks
+    and the crops are cut here by hand (64 px every 32 px; 8x8 of the 16x16 cells every 4)."""
+    from jaxdissect.capturing import capture
+    from jaxdissect.dissect import sources
+    from jaxdissect.dissect.clip_labels import label_units as clip_label_units
+    from jaxdissect.models import load
+    from jaxdissect.models.clip_encoder import preprocess
+
+    [r] = dissect(cfg(tmp_path, model="toy_classifier", sample_size=24, layers=("features.conv4_2",),
+                      label_source="clip", clip_method="soft_wpmi"))
+    report = json.load(open(os.path.join(r.directory, "report.json")))
+    h = report["header"]
+    assert (h["clip_probe"], h["clip_summary"], h["clip_method"]) == ("windows", "max", "soft_wpmi")
+    images = np.asarray(sources.ScenesSource(size=24).load(np.arange(24)).inputs)
+    model = load("toy_classifier")
+    crops, peaks = [], []
+    for b in range(0, 24, 8):  # in the run's batches of 8
+        x = images[b:b + 8]
+        _, acts = capture(model, preprocess(x, model.input_size, model.normalization), layers=("features.conv4_2",))
+        acts = np.asarray(acts["features.conv4_2"])
+        assert acts.shape[1:3] == (16, 16)
+        crops.append(np.stack([x[n, y:y + 64, c:c + 64] for n in range(8) for y in (0, 32, 64) for c in (0, 32, 64)]))
+        peaks += [acts[n, y // 8:y // 8 + 8, c // 8:c // 8 + 8].max(axis=(0, 1))
+                  for n in range(8) for y in (0, 32, 64) for c in (0, 32, 64)]
+    want = clip_label_units(crops, np.stack(peaks), clip_model="toy_clip", method="soft_wpmi")
+    for u in (0, 17, 76, 127):
+        assert report["units"][u]["clip_label"] == want.label(u)
+        assert report["units"][u]["clip_score"] == pytest.approx(float(want.scores[u, want.best[u]]), rel=1e-5)

@@ -60,8 +60,8 @@ class Thing:
 class Composition:
     """Everything visible in one scene."""
 
-    scene: str  # class name, one of SCENE_CLASSES
-    sky: str  # 'blue' or 'grey'
+    scene: str  # class name, one of SCENE_CLASSES (of the whole scene, also for a window of it)
+    sky: str | None  # 'blue' or 'grey'; None in a window that shows no sky
     clouds: tuple[str, ...]  # colours of the visible clouds (empty: no cloud)
     mountains: tuple[Thing, ...]
     grounds: tuple[Thing, ...]  # grass / road / water / sand bands
@@ -72,7 +72,7 @@ class Composition:
 
     def objects(self) -> set[str]:
         """The object names (as in SCENE_LABELS) of everything visible."""
-        names = {"sky"} | {t.kind for t in self.things + self.mountains + self.grounds}
+        names = ({"sky"} if self.sky else set()) | {t.kind for t in self.things + self.mountains + self.grounds}
         return names | ({"cloud"} if self.clouds else set())
 
 
@@ -127,20 +127,24 @@ def _thing(kind: str, pieces: Sequence[tuple[tuple, int]], min_part: int) -> Thi
                  tuple(Part(n, m, c, k, p) for n, (m, c, k, p) in parts.items()), snow)
 
 
-def _composition(canvas: _RecordingCanvas) -> Composition:
+def _composition(canvas: _RecordingCanvas, window: tuple[int, int, int, int] | None = None) -> Composition:
+    """What is visible in the whole canvas, or in `window` (y0, y1, x0, x1) of it: the same
+    pixel thresholds (a window is seen at the scene's scale), the scene class of the whole."""
     size = canvas.size
     scale = (size / 128.0) ** 2
     min_thing, min_part = max(1, round(MIN_THING_PIXELS * scale)), max(1, round(MIN_PART_PIXELS * scale))
-    visible = np.bincount(canvas.piece.ravel() + 1, minlength=len(canvas.pieces) + 1)[1:]
+    piece = canvas.piece if window is None else canvas.piece[window[0]:window[1], window[2]:window[3]]
+    visible = np.bincount(piece.ravel() + 1, minlength=len(canvas.pieces) + 1)[1:]
     by_block: list[list[tuple[tuple, int]]] = [[] for _ in canvas.blocks]
     for k, (block, labels) in enumerate(canvas.pieces):
         by_block[block].append((labels, int(visible[k])))
-    sky, clouds, mountains, grounds, things = "blue", [], [], [], []
+    sky, clouds, mountains, grounds, things = "blue" if window is None else None, [], [], [], []
     for what, pieces in zip(canvas.blocks, by_block):
         if what == "sky":
             for labels, px in pieces:
                 if _name(labels[0]) == "sky":
-                    sky = _name(labels[3])
+                    if window is None or px >= min_part:
+                        sky = _name(labels[3])
                 elif px >= min_part:
                     clouds.append(_name(labels[3]))
         elif what == "mountains":  # each stone piece starts a mountain; a snow cap follows it
@@ -167,6 +171,21 @@ def render_with_composition(seed: int, split: str, index: int, image_size: int =
     canvas = draw_scene(seed, split, index, image_size, canvas_type=_RecordingCanvas)
     image = np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8)
     return image, canvas.seg, _composition(canvas)
+
+
+def render_with_windows(seed: int, split: str, index: int, windows: Sequence[tuple[int, int, int, int]],
+                        image_size: int = 128):
+    """As render_with_composition, plus what is visible in each window (y0, y1, x0, x1) of the
+    image: (image, segmentation, Composition of the whole, tuple of the windows' Compositions)."""
+    canvas = draw_scene(seed, split, index, image_size, canvas_type=_RecordingCanvas)
+    image = np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8)
+    return image, canvas.seg, _composition(canvas), tuple(_composition(canvas, w) for w in windows)
+
+
+def grid_windows(size: int = 128, window: int = 64, stride: int = 32) -> tuple[tuple[int, int, int, int], ...]:
+    """Square windows (y0, y1, x0, x1) of side `window` every `stride` pixels over a size x size image."""
+    starts = range(0, size - window + 1, stride)
+    return tuple((y, y + window, x, x + window) for y in starts for x in starts)
 
 
 # ---- words ----------------------------------------------------------------------------------
@@ -336,7 +355,7 @@ def concept_phrases(comp: Composition) -> list[str]:
     """Every bare concept phrase true of the scene, in the segmentation labels' words: names
     ('house', 'door', 'brick', 'red'), colour + name ('red house', 'blue door') and material +
     name ('brick house', 'tile roof'). The default concept list is their union over many scenes."""
-    out: list[str] = ["sky", f"{comp.sky} sky", comp.sky]
+    out: list[str] = ["sky", f"{comp.sky} sky", comp.sky] if comp.sky else []
     for c in comp.clouds:
         out += ["cloud", f"{c} cloud", c]
     for t in comp.things + comp.mountains + comp.grounds:
@@ -372,7 +391,7 @@ def caption(comp: Composition, rng: np.random.Generator, max_words: int = 30, ba
     with synonyms; everything it names is in the scene. At most `max_words` words. With
     probability `bare` it is one bare concept phrase instead ('red house', 'stone': the form
     of the concept lists the toy CLIP later scores)."""
-    if rng.random() < bare:
+    if rng.random() < bare and concept_phrases(comp):
         return _pick(rng, concept_phrases(comp))
     kinds = [k for k in THINGS + ("mountain",) if comp.count(k)]
     groups = {k: [t for t in comp.things + comp.mountains if t.kind == k] for k in kinds}
@@ -386,7 +405,7 @@ def caption(comp: Composition, rng: np.random.Generator, max_words: int = 30, ba
         for g in comp.grounds:
             if rng.random() < 0.3:
                 facts.insert(int(rng.integers(len(facts) + 1)), _ground_phrase(g, rng))
-        sky = _sky_phrase(comp, rng) if rng.random() < 0.35 else None
+        sky = _sky_phrase(comp, rng) if rng.random() < 0.35 and comp.sky else None
         scene = _scene_phrase(comp, rng) if rng.random() < 0.85 or not (facts or sky) else None
         text = _arrange(scene, facts, sky, rng)
         if len(tokenize_words(text)) <= max_words:
@@ -430,7 +449,9 @@ def full_caption(comp: Composition) -> str:
             facts.append(_a(" ".join(col + [noun])) if len(ts) == 1 else " ".join([NUMBERS[min(len(ts), 10)]] + col + [plural]))
     facts += [g.kind if g.kind != "road" else "a road" for g in comp.grounds]
     sky = ("a cloudy " if comp.clouds else "a ") + ("grey sky" if comp.sky == "grey" else "blue sky")
-    return f"{_a(comp.scene)} with {_join(facts)} under {sky}"
+    if not comp.sky:
+        return f"{_a(comp.scene)} with {_join(facts)}" if facts else _a(comp.scene)
+    return f"{_a(comp.scene)} with {_join(facts)} under {sky}" if facts else f"{_a(comp.scene)} under {sky}"
 
 
 def check_words(phrases: Iterable[str], vocabulary: Sequence[str] = VOCABULARY) -> None:
@@ -444,7 +465,7 @@ def check_words(phrases: Iterable[str], vocabulary: Sequence[str] = VOCABULARY) 
                          + (" ..." if len(bad) > 20 else ""))
 
 
-__all__ = ["Composition", "Thing", "Part", "render_with_composition", "caption", "full_caption", "concept_phrases",
+__all__ = ["Composition", "Thing", "Part", "render_with_composition", "render_with_windows", "grid_windows", "caption", "full_caption", "concept_phrases",
            "default_concepts",
            "VOCABULARY",
            "tokenize_words", "check_words"]

@@ -7,17 +7,24 @@ whose CLIP image-text similarity over the probe images best matches the unit's a
 
 `images`: the probe images (uint8 NHWC, or an iterable of such batches, in the order of the
 rows of `summaries`); `summaries`: (images, units) one number per image and unit, e.g.
-`unit_summaries(layer_activations)` (the spatial mean, CLIP-Dissect's default). `concepts`:
-None for the scenes world's default list (jaxdissect/data/scene_concepts.txt), a path to a
-file with one phrase a line, or a sequence of phrases. Scores come from
-`jaxdissect.dissect.clip_scores` (soft-WPMI by default).
+`unit_summaries(layer_activations, 'max')` (or the spatial mean, CLIP-Dissect's default).
+The window probe labels on parts of the images instead, which names objects far more often
+when units are local (docs/clip.md):
+
+    labels = label_units(window_crops(images), window_summaries(layer_activations))
+
+`concepts`: None for the scenes world's default list (jaxdissect/data/scene_concepts.txt), a
+path to a file with one phrase a line, or a sequence of phrases. Scores come from
+`jaxdissect.dissect.clip_scores` (WPMI by default; `method='soft_wpmi'` for CLIP-Dissect's
+headline score).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +85,53 @@ def unit_summaries(activations: Any, mode: str = "mean") -> jax.Array:
     return _mean_summary(a) if mode == "mean" else _max_summary(a)
 
 
+# CLIP-Dissect's probe is whole images; a unit that fires on one object in a scene then shares
+# its top images with everything that stands beside that object. Windows of the images (each
+# unit's summary taken over the activation cells the window covers) make the probe local:
+# half the image's side, every quarter side (3 x 3 windows), as fractions (y0, y1, x0, x1).
+HALF_WINDOWS = tuple((y, y + 0.5, x, x + 0.5) for y in (0.0, 0.25, 0.5) for x in (0.0, 0.25, 0.5))
+PROBES = ("images", "windows")
+
+
+def _span(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """The cells [a, b) of n that the fraction [lo, hi) of a side covers (at least one)."""
+    a = int(np.floor(lo * n + 1e-9))
+    return a, max(a + 1, int(np.ceil(hi * n - 1e-9)))
+
+
+def _pixels(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """The pixels [a, b) of a side of n for the fraction [lo, hi): round((hi - lo) * n) of them
+    (one size for every window of one size, whatever n), starting at round(lo * n)."""
+    size = max(1, int(round((hi - lo) * n)))
+    a = min(int(round(lo * n)), n - size)
+    return a, a + size
+
+
+def window_crops(images: np.ndarray, windows=HALF_WINDOWS) -> np.ndarray:
+    """(N * len(windows), h, w, 3): every window of every image, image-major (image 0's windows
+    first). The windows must all have one pixel size on these images."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"window_crops: expected NHWC images, got shape {images.shape}")
+    H, W = images.shape[1:3]
+    boxes = [_pixels(y0, y1, H) + _pixels(x0, x1, W) for y0, y1, x0, x1 in windows]
+    if len({(b[1] - b[0], b[3] - b[2]) for b in boxes}) != 1:
+        raise ValueError(f"window_crops: the windows have different sizes on {H}x{W} images")
+    return np.stack([images[:, a:b, c:d] for a, b, c, d in boxes], axis=1).reshape(-1, *[
+        boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2], images.shape[3]])
+
+
+@functools.partial(jax.jit, static_argnames=("windows", "mode"))
+def window_summaries(activations: jax.Array, windows=HALF_WINDOWS, mode: str = "max") -> jax.Array:
+    """(N * len(windows), units), image-major as window_crops: each unit's spatial max (or mean)
+    over the cells of its NHWC activation map that each window covers."""
+    h, w = activations.shape[1:3]
+    reduce = jnp.max if mode == "max" else jnp.mean
+    per = [reduce(activations[:, a:b, c:d].astype(jnp.float32), axis=(1, 2))
+           for a, b, c, d in (_span(y0, y1, h) + _span(x0, x1, w) for y0, y1, x0, x1 in windows)]
+    return jnp.stack(per, axis=1).reshape(-1, activations.shape[3])
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipLabels:
     """Per-unit scores of every phrase, and how they were made."""
@@ -133,7 +187,7 @@ def check_vocabulary(encoder: ClipEncoder, phrases: Sequence[str], where: str = 
 
 
 def label_units(images: Any, summaries: Any, concepts: str | os.PathLike | Sequence[str] | None = None,
-                clip_model: str = "toy_clip", *, method: str = "soft_wpmi", weights: str | None = None,
+                clip_model: str = "toy_clip", *, method: str = "wpmi", weights: str | None = None,
                 bpe_vocab: str | None = None, encoder: ClipEncoder | None = None, **params: Any) -> ClipLabels:
     """Score every unit against every concept phrase with CLIP-Dissect (see the module docstring).
     `params` go to the score function (e.g. top_k, a, lam for soft_wpmi); a top_k larger than

@@ -8,6 +8,7 @@ import os
 from jaxdissect.array_cache import DTYPES
 from jaxdissect.config_error import ConfigError
 from jaxdissect.config_flags import flag_name, option
+from jaxdissect.dissect.clip_labels import PROBES
 from jaxdissect.dissect.clip_scores import SCORE_FUNCTIONS
 from jaxdissect.dissect.labelling import RULES
 
@@ -78,10 +79,16 @@ class DissectConfig:
                                   "(default: the scenes world's concept list)")
     clip_model: str | None = option(None, "with --label-source clip: toy_clip or clip_vit_b32 (default: toy_clip for "
                                     "the scenes world, clip_vit_b32 otherwise)", choices=("toy_clip", "clip_vit_b32"))
-    clip_method: str = option("soft_wpmi", "with --label-source clip: how a unit's activations are matched to a "
-                              "phrase's similarities (soft_wpmi is CLIP-Dissect's)", choices=tuple(SCORE_FUNCTIONS))
-    clip_summary: str = option("mean", "with --label-source clip: a unit's number per image, its spatial mean "
-                               "(CLIP-Dissect's) or its peak", choices=("mean", "max"))
+    clip_method: str = option("wpmi", "with --label-source clip: how a unit's activations are matched to a "
+                              "phrase's similarities (CLIP-Dissect's soft_wpmi and wpmi at their published settings, "
+                              "or a simpler score; wpmi agrees best with IoU labels on the toy: docs/clip.md)",
+                              choices=tuple(SCORE_FUNCTIONS))
+    clip_summary: str = option("max", "with --label-source clip: a unit's number per image or window, its peak or "
+                               "its spatial mean (CLIP-Dissect's)", choices=("mean", "max"))
+    clip_probe: str = option("windows", "with --label-source clip: what CLIP and the units are compared on: whole "
+                             "'images' (CLIP-Dissect's) or 'windows' (3x3 windows of half the image's side per image, "
+                             "each unit summarized over the cells a window covers; more local, see docs/clip.md)",
+                             choices=PROBES)
     checkpoint_seconds: float = option(120.0, "seconds between checkpoints of a pass")
     checkpoint_every: int | None = option(None, "checkpoint every N batches instead (overrides --checkpoint-seconds)")
     progress: bool = option(True, "no progress bars (the summary is still printed)", flags=("--no-progress",))
@@ -130,6 +137,12 @@ class DissectConfig:
             raise ConfigError("--label-source", f"must be segmentation or clip, got {self.label_source!r}")
         if self.label_source != "clip" and (self.concepts or self.clip_model):
             raise ConfigError("--concepts" if self.concepts else "--clip-model", "needs --label-source clip")
+        changed = [flag for flag, off_default in (("--clip-probe", self.clip_probe != "windows"), ("--clip-method",
+                   self.clip_method != "wpmi"), ("--clip-summary", self.clip_summary != "max")) if off_default]
+        if self.label_source != "clip" and changed:
+            raise ConfigError(changed[0], "needs --label-source clip")
+        if self.clip_probe not in PROBES:
+            raise ConfigError("--clip-probe", f"must be one of {', '.join(PROBES)}, got {self.clip_probe!r}")
         if self.concepts is not None and not os.path.isfile(self.concepts):
             raise ConfigError("--concepts", f"no such file: {self.concepts!r}")
         if self.clip_method not in SCORE_FUNCTIONS:

@@ -130,7 +130,7 @@ def write_layer_outputs(run, result, act_stats, skipped: dict, log: Callable[[st
     if result.formulas is not None:
         header.update(formula_length=cfg.formula_length, beam_width=cfg.beam_width)
     if result.clip_header is not None:
-        header.update(result.clip_header, clip_summary=cfg.clip_summary)
+        header.update(result.clip_header, clip_summary=cfg.clip_summary, clip_probe=cfg.clip_probe)
     units = unit_records(result)
     write_report_json(os.path.join(d, "report.json"), header, units)
     write_report_html(os.path.join(d, "report.html"), make_report(header, units),

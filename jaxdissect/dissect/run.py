@@ -231,7 +231,8 @@ class DissectRun:
             with open(c.concepts, "rb") as f:
                 concepts = hashlib.sha256(f.read()).hexdigest()
         return {"stage": "clip", "activations": fp.digest(self.activations_fingerprint(layer)),
-                "model": self.clip_model, "method": c.clip_method, "summary": c.clip_summary, "concepts": concepts}
+                "model": self.clip_model, "method": c.clip_method, "summary": c.clip_summary, "concepts": concepts,
+                "probe": c.clip_probe}
 
     @property
     def clip_model(self) -> str:

@@ -16,7 +16,7 @@ from jaxdissect import fingerprint as fp
 from jaxdissect.atomic import atomic_write_text
 from jaxdissect.dissect import steps
 from jaxdissect.data import sources
-from jaxdissect.dissect.clip_labels import ClipLabels
+from jaxdissect.dissect.clip_labels import HALF_WINDOWS, ClipLabels, window_crops, window_summaries
 from jaxdissect.dissect.clip_labels import label_units as clip_label_units
 from jaxdissect.dissect.feeds import agreed, assemble, checkpoint_policy, local_parts, local_positions, replay, use_cache
 from jaxdissect.dissect.run import DissectRun
@@ -199,7 +199,8 @@ def stage_clip(run: DissectRun, log: Callable[[str], None]) -> dict[str, ClipLab
             todo.append(layer)
     if not todo:
         return out
-    log(f"open-vocabulary labels with {run.clip_model} ({c.clip_method}, per-image {c.clip_summary} of each unit)")
+    where = "image" if c.clip_probe == "images" else "window (3x3 windows of half the image's side per image)"
+    log(f"open-vocabulary labels with {run.clip_model} ({c.clip_method}, per-{where} {c.clip_summary} of each unit)")
     def probe_images():
         """The dissection's images (a generator's generated ones), batch by batch, in sample order."""
         if run.model.kind == "generator":
@@ -208,8 +209,13 @@ def stage_clip(run: DissectRun, log: Callable[[str], None]) -> dict[str, ClipLab
         return (b.inputs for b in sources.prefetch_map(run.source.load, run.ranges()))
 
     for layer in todo:
-        labels = clip_label_units(probe_images(), unit_summaries_from_cache(run, layer, c.clip_summary),
-                                  concepts=c.concepts, clip_model=run.clip_model, method=c.clip_method)
+        if c.clip_probe == "windows":
+            images = (window_crops(np.asarray(b)) for b in probe_images())
+            summaries = unit_window_summaries(run, layer, c.clip_summary)
+        else:
+            images, summaries = probe_images(), unit_summaries_from_cache(run, layer, c.clip_summary)
+        labels = clip_label_units(images, summaries, concepts=c.concepts, clip_model=run.clip_model,
+                                  method=c.clip_method)
         out[layer] = labels
         if parallel.is_primary():
             atomic_write_text(os.path.join(run.dirs[layer], "stats", CLIP_FILE), json.dumps(
@@ -226,15 +232,33 @@ def unit_summaries_from_cache(run: DissectRun, layer: str, mode: str) -> np.ndar
     if mode == "max":
         return np.asarray(run.peaks_cache(layer).read(np.arange(run.num_samples)), np.float32)
     out = np.zeros((run.num_samples, run.geometry[layer].units), np.float32)
+    for r, acts in spatial_activations(run, layer):
+        out[r] = np.asarray(acts, np.float32).mean(axis=(1, 2))
+    return out
+
+
+def unit_window_summaries(run: DissectRun, layer: str, mode: str) -> np.ndarray:
+    """(N * 9, units): every unit's peak ('max') or mean over each of HALF_WINDOWS of each image,
+    image-major (the order of window_crops)."""
+    out = np.zeros((run.num_samples * len(HALF_WINDOWS), run.geometry[layer].units), np.float32)
+    k = len(HALF_WINDOWS)
+    for r, acts in spatial_activations(run, layer):
+        rows = (np.asarray(r)[:, None] * k + np.arange(k)).ravel()
+        out[rows] = np.asarray(window_summaries(jnp.asarray(acts), HALF_WINDOWS, mode))
+    return out
+
+
+def spatial_activations(run: DissectRun, layer: str):
+    """(range, NHWC activations of `layer`) batch by batch in sample order: from the activation
+    cache when it is complete, else by running the network."""
     if run.config.activation_cache and run.activation_cache(layer).present().all():
         cache = run.activation_cache(layer)
         for r in run.ranges():
-            out[r] = np.asarray(cache.read(r), np.float32).mean(axis=(1, 2))
-        return out
+            yield r, cache.read(r)
+        return
     forward = run.forward_fn()
     variables = run.model.variables
     for r in run.ranges():
         batch = sources.pad_batch(run.source.load(r), run.batch_size)
         _, acts, _ = forward(variables, batch.inputs)
-        out[r] = np.asarray(acts[layer])[:len(r)].mean(axis=(1, 2))
-    return out
+        yield r, np.asarray(acts[layer])[:len(r)]
