@@ -2,6 +2,8 @@
 
     python scripts/train_toy_shapes.py --seed 0 --steps 1600 --stylized-fraction 0.75   (the shipped run)
     python scripts/train_toy_shapes.py --seed 0 --measure-only   (measure the shipped weights)
+    python scripts/train_toy_shapes.py --init-from jaxdissect/weights/toy_classifier_shapes --out OTHER
+        (continue training from shipped weights; the earlier run is recorded with the new one)
 
 The shipped toy classifier tells scenes apart by their colours, so its units follow surfaces.
 This one has the same layer names (a little narrower, to fit the package's size budget) and is
