@@ -231,8 +231,8 @@ def record(out: str, metrics: dict, argv: Sequence[str], args) -> None:
         metrics = {**entry.get("metrics", {}), **metrics}
     else:
         entry = {"command": command, "seed": args.seed, "jax": jax.__version__,
-                 "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size", "text_encoder")
-                                     + ("crop_fraction",)}}
+                 "hyperparameters": {k: getattr(args, k) for k in ("steps", "batch", "lr", "train_size", "text_encoder",
+                                                                    "crop_fraction")}}
     entry["metrics"] = metrics
     entry["summary_lines"] = summary_lines(metrics)
     data[NAME] = entry

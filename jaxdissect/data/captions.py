@@ -391,8 +391,10 @@ def caption(comp: Composition, rng: np.random.Generator, max_words: int = 30, ba
     with synonyms; everything it names is in the scene. At most `max_words` words. With
     probability `bare` it is one bare concept phrase instead ('red house', 'stone': the form
     of the concept lists the toy CLIP later scores)."""
-    if rng.random() < bare and concept_phrases(comp):
-        return _pick(rng, concept_phrases(comp))
+    if rng.random() < bare:
+        phrases = concept_phrases(comp)
+        if phrases:  # a window can show nothing nameable
+            return _pick(rng, phrases)
     kinds = [k for k in THINGS + ("mountain",) if comp.count(k)]
     groups = {k: [t for t in comp.things + comp.mountains if t.kind == k] for k in kinds}
     while True:

@@ -12,6 +12,9 @@ from jaxdissect.dissect.clip_labels import PROBES
 from jaxdissect.dissect.clip_scores import SCORE_FUNCTIONS
 from jaxdissect.dissect.labelling import RULES
 
+# The settings that only --label-source clip reads.
+CLIP_SETTINGS = ("concepts", "clip_model", "clip_method", "clip_summary", "clip_probe")
+
 MODEL_ALIASES = {"alexnet": "alexnet_places", "vgg16": "vgg16_places", "resnet152": "resnet152_places"}
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -135,12 +138,11 @@ class DissectConfig:
             raise ConfigError("--label-rule", f"must be one of {', '.join(RULES)}, got {self.label_rule!r}")
         if self.label_source not in ("segmentation", "clip"):
             raise ConfigError("--label-source", f"must be segmentation or clip, got {self.label_source!r}")
-        if self.label_source != "clip" and (self.concepts or self.clip_model):
-            raise ConfigError("--concepts" if self.concepts else "--clip-model", "needs --label-source clip")
-        changed = [flag for flag, off_default in (("--clip-probe", self.clip_probe != "windows"), ("--clip-method",
-                   self.clip_method != "wpmi"), ("--clip-summary", self.clip_summary != "max")) if off_default]
-        if self.label_source != "clip" and changed:
-            raise ConfigError(changed[0], "needs --label-source clip")
+        if self.label_source != "clip":  # a CLIP setting would be ignored: refuse it by name
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in CLIP_SETTINGS:
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(flag_name(name), "needs --label-source clip")
         if self.clip_probe not in PROBES:
             raise ConfigError("--clip-probe", f"must be one of {', '.join(PROBES)}, got {self.clip_probe!r}")
         if self.concepts is not None and not os.path.isfile(self.concepts):

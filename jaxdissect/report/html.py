@@ -121,10 +121,11 @@ def legend_html(header: dict) -> str:
         items.append(f"<dt>Formula</dt><dd>the best combination of up to {h['formula_length']} concepts with AND, OR, "
                      "AND NOT (a beam search), scored by the same IoU over the dataset.</dd>")
     if h.get("clip_model"):
+        on_windows = h.get("clip_probe") == "windows"
         items.append(f"<dt>CLIP</dt><dd>an open-vocabulary name: of {h.get('clip_concepts', 'the')} candidate phrases, "
                      f"the one whose {html.escape(str(h['clip_model']))} image-text similarity over the "
-                     f"{'windows of the images (3x3 per image, half its side)' if h.get('clip_probe') == 'windows' else 'images'}"
-                     f" best matches the unit's per-{'window' if h.get('clip_probe') == 'windows' else 'image'} "
+                     f"{'windows of the images (3x3 per image, half its side)' if on_windows else 'images'}"
+                     f" best matches the unit's per-{'window' if on_windows else 'image'} "
                      f"{html.escape(str(h.get('clip_summary', 'mean')))} activation "
                      f"({html.escape(str(h.get('clip_method')))}).</dd>")
     return "<section class=\"legend\" id=\"legend\"><h2>How to read this page</h2><dl>" + "".join(items) + \
