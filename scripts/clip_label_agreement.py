@@ -62,7 +62,8 @@ def unit_activation_summaries(layer: str, n: int, batch: int = 50) -> tuple[dict
 
 
 def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = "toy_clip",
-            weights: str | None = None) -> dict:
+            weights: str | None = None, settings: Sequence[str] | None = None) -> dict:
+    """Agreement of every '<score>/<probe>/<summary>' setting (or only `settings`) with the IoU labels."""
     layer, units = iou_labels_from_report(report)
     images, summaries = unit_activation_summaries(layer, n)
     encoder = ClipEncoder.load(clip_model, weights=weights)
@@ -75,6 +76,8 @@ def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = 
            "clip_model": clip_model, "concepts": len(phrases), "methods": {}}
     for probe_pool, acts in summaries.items():
         for method in clip_scores.SCORE_FUNCTIONS:
+            if settings is not None and f"{method}/{probe_pool}" not in settings:
+                continue
             params = {"top_k": min(100 if method == "soft_wpmi" else 28, n)} if "wpmi" in method else {}
             scores = np.asarray(clip_scores.unit_phrase_scores(acts, sims[probe_pool.split("/")[0]], method, **params))
             labels = clip_labels.ClipLabels(phrases, scores, method, clip_model)
@@ -83,6 +86,10 @@ def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = 
                 "agree": agree, "units": total, "fraction": agree / max(total, 1),
                 "units_table": [{"unit": u["unit"], "iou_label": u["label"], "iou": u["iou"], **labels.unit_json(i)}
                                 for i, u in enumerate(units)]}
+    unknown = sorted(set(settings or ()) - set(out["methods"]))
+    if unknown:
+        raise ValueError(f"unknown agreement settings {unknown}; known: <score>/<probe>/<summary> with scores "
+                         f"{sorted(clip_scores.SCORE_FUNCTIONS)}, probes {list(clip_labels.PROBES)}, summaries mean, max")
     return out
 
 

@@ -3,7 +3,9 @@
 usage: multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES OUTDIR KILL_AT RESULT_NPZ
 
 KILL_AT: a sample index (the run dies in pass 1 when it loads it), -1 (no kill), or iou:N (the run
-dies at the N-th read of the segmentation cache, in the IoU pass).
+dies in the IoU pass at the batch whose segmentation rows reach sample N). Both are tied to a
+batch, not to the order of reads: the loader reads batches ahead in several threads, and an error
+it meets is raised when the pass reaches that batch, after the checkpoints before it.
 """
 import sys
 
@@ -32,13 +34,11 @@ def main():
     if kill_at.startswith("iou:"):
         from jaxdissect.array_cache import ArrayCache
 
-        original, reads = ArrayCache.read, []
+        original, iou_kill = ArrayCache.read, int(kill_at[4:])
 
         def read(self, indices):
-            if "segmentations" in self.path:
-                reads.append(1)
-                if len(reads) == int(kill_at[4:]):
-                    raise SystemExit(18)
+            if "segmentations" in self.path and max(int(i) for i in indices) >= iou_kill:
+                raise SystemExit(18)
             return original(self, indices)
 
         ArrayCache.read = read

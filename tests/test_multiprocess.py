@@ -77,7 +77,9 @@ def test_killed_multiprocess_run_resumes_on_another_device_count(reference, tmp_
 
 def test_multiprocess_run_killed_in_the_iou_pass_resumes(reference, tmp_path):
     """The later passes read the caches each process wrote; a kill there resumes too."""
-    outs = launch(2, 2, tmp_path / "out", "iou:3", [tmp_path / "p0.npz", tmp_path / "p1.npz"])
+    # 40 samples in global batches of 8, a checkpoint every 2 batches: the kill at the batch
+    # holding sample 24 (the fourth) comes after the IoU pass saved samples 0-15.
+    outs = launch(2, 2, tmp_path / "out", "iou:24", [tmp_path / "p0.npz", tmp_path / "p1.npz"])
     assert all(rc != 0 for rc, _ in outs), outs
     d = tmp_path / "out" / "planted-scenes-scenes-planted-500-t32"
     assert (d / "checkpoints" / "iou").exists() and (d / "stats" / "activations").exists()
