@@ -30,6 +30,14 @@ from jaxdissect.models import load
 from jaxdissect.models.clip_encoder import ClipEncoder, preprocess
 
 
+SUMMARIES = ("mean", "max")  # CLIP-Dissect's two pool modes
+
+
+def all_settings() -> list[str]:
+    """Every '<score>/<probe>/<summary>' setting `measure` compares."""
+    return [f"{m}/{p}/{s}" for p in clip_labels.PROBES for s in SUMMARIES for m in clip_scores.SCORE_FUNCTIONS]
+
+
 def iou_labels_from_report(path: str) -> tuple[str, list[dict]]:
     """(layer, [{'unit', 'label', 'iou'}...]) from a dissection's report.json."""
     with open(path) as f:
@@ -48,11 +56,11 @@ def unit_activation_summaries(layer: str, n: int, batch: int = 50) -> tuple[dict
     {'<probe>/<mean|max>': every unit's spatial mean / max of `layer` per image or per window})."""
     model = load("toy_classifier")
     scenes = Scenes("val", n)
-    images, summaries = {"images": [], "windows": []}, {f"{p}/{m}": [] for p in clip_labels.PROBES for m in ("mean", "max")}
+    images, summaries = {"images": [], "windows": []}, {f"{p}/{m}": [] for p in clip_labels.PROBES for m in SUMMARIES}
     for i in range(0, n, batch):
         x = scenes.batch(range(i, min(i + batch, n)))["image"]
         _, acts = capture(model, preprocess(x, model.input_size, model.normalization), layers=(layer,))
-        for mode in ("mean", "max"):
+        for mode in SUMMARIES:
             summaries[f"images/{mode}"].append(np.asarray(clip_labels.unit_summaries(acts[layer], mode)))
             summaries[f"windows/{mode}"].append(np.asarray(clip_labels.window_summaries(acts[layer], mode=mode)))
         images["images"].append(x)
@@ -64,6 +72,9 @@ def unit_activation_summaries(layer: str, n: int, batch: int = 50) -> tuple[dict
 def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = "toy_clip",
             weights: str | None = None, settings: Sequence[str] | None = None) -> dict:
     """Agreement of every '<score>/<probe>/<summary>' setting (or only `settings`) with the IoU labels."""
+    unknown = sorted(set(settings or ()) - set(all_settings()))
+    if unknown:  # before any work
+        raise ValueError(f"unknown agreement settings {unknown}; known: {all_settings()}")
     layer, units = iou_labels_from_report(report)
     images, summaries = unit_activation_summaries(layer, n)
     encoder = ClipEncoder.load(clip_model, weights=weights)
@@ -86,10 +97,6 @@ def measure(report: str, n: int = 1000, min_iou: float = 0.1, clip_model: str = 
                 "agree": agree, "units": total, "fraction": agree / max(total, 1),
                 "units_table": [{"unit": u["unit"], "iou_label": u["label"], "iou": u["iou"], **labels.unit_json(i)}
                                 for i, u in enumerate(units)]}
-    unknown = sorted(set(settings or ()) - set(out["methods"]))
-    if unknown:
-        raise ValueError(f"unknown agreement settings {unknown}; known: <score>/<probe>/<summary> with scores "
-                         f"{sorted(clip_scores.SCORE_FUNCTIONS)}, probes {list(clip_labels.PROBES)}, summaries mean, max")
     return out
 
 
