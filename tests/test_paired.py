@@ -132,6 +132,19 @@ def test_paired_scenes_are_each_scene_and_its_stylized_twin():
                               StylizedScenesSource(3).load([0]).inputs)
 
 
+def test_restyled_scenes_are_two_stylizations_of_each_scene():
+    ps = PairedScenes(size=5, image_size=64, restyle_seed=1)
+    first, second = ps.load([3, 0])
+    ref = [Scenes("val", 5, image_size=64, stylized=True, style_seed=k).batch([3, 0]) for k in (0, 1)]
+    for batch, want in zip((first, second), ref):
+        np.testing.assert_array_equal(batch.inputs, want["image"])
+        np.testing.assert_array_equal(batch.segmentation, want["segmentation"])
+    np.testing.assert_array_equal(first.segmentation[:, :2], second.segmentation[:, :2])  # objects and parts
+    assert not np.array_equal(first.segmentation[:, 2:], second.segmentation[:, 2:])  # surfaces drawn anew
+    with pytest.raises(ValueError, match="two style seeds"):
+        PairedScenes(size=5, restyle_seed=0)
+
+
 def test_paired_source_from_flags(folders):
     a, b = folders
     assert isinstance(paired_source("scenes", None, size=4), PairedScenes)
@@ -142,6 +155,12 @@ def test_paired_source_from_flags(folders):
         paired_source("scenes", "scenes")
     with pytest.raises(ValueError, match="original world first"):
         paired_source("scenes-stylized", "scenes")
+    restyled = paired_source("scenes-stylized-colors", None, size=4)  # a stylized world: its restyled twins
+    assert [src.dataset.stylized for src in restyled.sources] == ["colors", "colors"]
+    assert [src.dataset.style_seed for src in restyled.sources] == [0, 1]
+    assert paired_source("scenes-stylized", "scenes-restyled", size=4).sources[1].dataset.style_seed == 1
+    with pytest.raises(ValueError, match="restyles a stylized world"):
+        paired_source("scenes", "scenes-restyled")
     with pytest.raises(ValueError, match="needs --paired-dataset"):
         paired_source(a, None)
     with pytest.warns(UserWarning):

@@ -11,7 +11,9 @@ from jaxdissect.data.paired import PairedFolders
 from jaxdissect.data.scenes import Scenes
 from jaxdissect.dissect.sources import ScenesSource
 from jaxdissect.experiments.shape_bias import (PairStats, PairTallies, ShapeBiasConfig, run_experiment,
-                                               summarize_layer, update_pair_stats, update_pair_tallies)
+                                               summarize_layer, unit_groups, update_pair_stats,
+                                               update_pair_tallies)
+from jaxdissect.segment.toy import subsample_labels
 from jaxdissect.stats import QuantileSketch
 from jaxdissect.upsample import upsampler
 
@@ -81,6 +83,17 @@ def test_summarize_layer_by_hand():
     assert (s["shape"]["label_kept"], s["surface"]["label_kept"]) == (1, 2)
     assert s["surface"]["label_kept_fraction"] == pytest.approx(2 / 4)
     assert s["object"]["units"] == 1 and s["color"]["units"] == 2 and s["unlabelled"]["units"] == 1
+    assert "gap_separable" not in s  # no confinement given: the surface units are not split
+    # the material (label 3) lies inside one shape, the colour (4) does not: units 2, 5 are confined
+    separable = np.array([False, False, False, False, True])
+    s = summarize_layer(agreement, first_label, first_iou, second_label, second_iou, CATS, 0.04, chance, separable)
+    assert s["surface_separable"]["units"] == 2 and s["surface_separable"]["mean"] == pytest.approx(0.4)
+    assert s["surface_confined"]["units"] == 1 and s["surface_confined"]["mean"] == pytest.approx(0.1)
+    assert (s["surface_separable"]["label_kept"], s["surface_confined"]["label_kept"]) == (1, 1)
+    assert s["gap_separable"] == pytest.approx(0.3) and s["gap"] == pytest.approx(0.4)
+    groups = unit_groups(first_label, first_iou, CATS, 0.04, separable)
+    assert list(groups) == ["shape", "shape", "surface_confined", "surface_separable", None, "surface_confined",
+                            "surface_separable"]
 
 
 class _Same:
@@ -118,6 +131,16 @@ def test_identical_pairs_agree_exactly_and_outputs_are_written(tmp_path):
     report = json.load(open(os.path.join(d, "report.json")))
     assert report["header"]["shape_bias"]["gap"] == pytest.approx(lb.summary["gap"], nan_ok=True)
     assert report["sections"][0]["title"] == "Shape versus texture"
+    # the surface labels' confinement, measured in the same pass, against a direct count on the 16 scenes
+    seg = np.concatenate([_Same(16).source.load(np.arange(i, i + 8)).segmentation for i in (0, 8)])
+    seg = subsample_labels(seg, 2)  # the experiment labels at half the input size
+    names = list(r.label_names)
+    for surface in ("stone", "wood", "red", "blue"):
+        has = (seg == names.index(surface)).any(1)
+        inside = [((seg == k).any(1) & has).sum() / has.sum() for k in range(len(names))
+                  if r.label_categories[k] in ("object", "part")]
+        assert r.confinement.share[names.index(surface)] == pytest.approx(max(inside)), surface
+    assert table["header"]["surface_labels"]["stone"] == {"share": 1.0, "inside": "mountain", "separable": False}
     for f in ("report.html", "image/unit0.jpg", "original/unit0.jpg", "concepts.svg"):
         assert os.path.exists(os.path.join(d, f)), f
     for f in ("agreement_by_layer.png", "label_survival.png"):

@@ -26,7 +26,8 @@ def script(name):
     (["--quantile", "2"], "argument --quantile: must lie in (0, 1)"),
     (["--dataset", "no/such/folder"], "needs --paired-dataset"),
     (["--paired-dataset", "scenes"], "pairs with a stylized scenes world"),
-    (["--dataset", "scenes-stylized"], "give the original world first"),
+    (["--dataset", "scenes-stylized", "--paired-dataset", "scenes"], "give the original world first"),
+    (["--paired-dataset", "scenes-restyled"], "scenes-restyled restyles a stylized world"),
     (["--layers", "conv9_9"], "unknown layer 'conv9_9'"),
     (["--model", "no_such_model"], "no_such_model"),
 ])

@@ -195,17 +195,29 @@ class StylizedScenesSource(ScenesSource):
                               style_seed=style_seed)
 
 
+# The second set of a stylized scenes world: the same scenes stylized again, with another style seed.
+RESTYLED_SCENES = "scenes-restyled"
+
+
 class PairedScenes:
     """Each scene with its stylized twin: identical geometry, object and part labels; other surfaces
-    (`style`: 'all', or only 'materials' or 'colors')."""
+    (`style`: 'all', or only 'materials' or 'colors'). With `restyle_seed`, the first image is a
+    stylized twin too (style seed `style_seed`) and its partner another stylization of the same
+    scene (`restyle_seed`): on such a first set no surface is tied to one kind of thing, so a unit
+    labelled with a surface is one that follows it (see experiments.label_confinement)."""
 
     kind = "images"
 
     def __init__(self, size: int = 1000, split: str = "val", seed: int = 0, image_size: int = 128,
-                 style: str = "all", style_seed: int = 0):
-        self.sources = (ScenesSource(size=size, split=split, seed=seed, image_size=image_size),
-                        StylizedScenesSource(size=size, split=split, seed=seed, image_size=image_size,
-                                             style=style, style_seed=style_seed))
+                 style: str = "all", style_seed: int = 0, restyle_seed: int | None = None):
+        common = dict(size=size, split=split, seed=seed, image_size=image_size)
+        if restyle_seed is not None and restyle_seed == style_seed:
+            raise ValueError(f"a restyled pair needs two style seeds, got {style_seed} twice")
+        first = (ScenesSource(**common) if restyle_seed is None
+                 else StylizedScenesSource(**common, style=style, style_seed=style_seed))
+        second = StylizedScenesSource(**common, style=style,
+                                      style_seed=style_seed if restyle_seed is None else restyle_seed)
+        self.sources = (first, second)
         self.labels = self.sources[0].labels
         self.classes = self.sources[0].classes
 
@@ -220,10 +232,18 @@ def paired_source(dataset: str, paired: str | None = None, *, crop: int = 224, s
                   pattern: str | None = None, image_size: int = 128):
     """The paired source a command line names: 'scenes' with 'scenes-stylized' (the default),
     'scenes-stylized-materials' or 'scenes-stylized-colors' pairs each scene with its stylized
-    twin; two folders pair by file name."""
-    if dataset == "scenes" or dataset in STYLIZED_SCENES:
-        if dataset != "scenes":
-            raise ValueError(f"give the original world first: --dataset scenes --paired-dataset {dataset}")
+    twin; a stylized world with 'scenes-restyled' (its default) pairs each stylized twin with
+    another stylization of the same scene; two folders pair by file name."""
+    if dataset in STYLIZED_SCENES:
+        if paired not in (None, RESTYLED_SCENES):
+            raise ValueError(f"--dataset {dataset} pairs with {RESTYLED_SCENES} (another stylization of each "
+                             f"scene), not {paired!r}; for scenes and their stylized twins give the original world "
+                             f"first: --dataset scenes --paired-dataset {dataset}")
+        return PairedScenes(size=size or 1000, image_size=image_size, style=STYLIZED_SCENES[dataset], restyle_seed=1)
+    if dataset == "scenes":
+        if paired == RESTYLED_SCENES:
+            raise ValueError(f"{RESTYLED_SCENES} restyles a stylized world: --dataset scenes-stylized "
+                             f"--paired-dataset {RESTYLED_SCENES}")
         if paired is not None and paired not in STYLIZED_SCENES:
             raise ValueError(f"--dataset scenes pairs with a stylized scenes world ({', '.join(STYLIZED_SCENES)}), "
                              f"not {paired!r}")

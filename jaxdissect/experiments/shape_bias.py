@@ -31,11 +31,13 @@ from jaxdissect import checkpoints, parallel
 from jaxdissect.capturing import capture_fn
 from jaxdissect.config_error import ConfigError, check_whole_numbers
 from jaxdissect.config_flags import option
-from jaxdissect.data.paired import STYLIZED_SCENES, paired_source
+from jaxdissect.data.paired import RESTYLED_SCENES, STYLIZED_SCENES, paired_source
 from jaxdissect.dissect import runstate, steps
 from jaxdissect.dissect.config import MODEL_ALIASES
 from jaxdissect.dissect.run import resolve_layers
 from jaxdissect.experiments import shape_bias_report
+from jaxdissect.experiments import label_confinement
+from jaxdissect.experiments.label_confinement import Confinement
 from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
 from jaxdissect.experiments.mask_sweep import stage_fingerprint
 from jaxdissect.experiments.shape_bias_report import TopPairs
@@ -134,29 +136,55 @@ def _stat(values: np.ndarray) -> dict:
             "se": float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else (0.0 if v.size else float("nan"))}
 
 
+def unit_groups(first_label: np.ndarray, first_iou: np.ndarray, categories: Sequence[str], miniou: float,
+                separable: np.ndarray | None = None) -> np.ndarray:
+    """(units,) each unit's group by its label on the first set: 'shape' (object, part), 'surface'
+    (material, colour) or None (unlabelled: IoU <= miniou, or another category). With `separable`
+    ((labels,) bool, `Confinement.separable()`), surface units are split into 'surface_separable'
+    and 'surface_confined' (their label lies inside one shape label)."""
+    out = np.full(len(first_label), None, object)
+    for u, (label, iou) in enumerate(zip(np.asarray(first_label), np.asarray(first_iou))):
+        g = group_of(categories[int(label)]) if iou > miniou else None
+        if g == "surface" and separable is not None:
+            g = "surface_separable" if separable[int(label)] else "surface_confined"
+        out[u] = g
+    return out
+
+
 def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: np.ndarray, second_label: np.ndarray,
                     second_iou: np.ndarray, categories: Sequence[str], miniou: float = 0.04,
-                    chance: np.ndarray | None = None) -> dict:
+                    chance: np.ndarray | None = None, separable: np.ndarray | None = None) -> dict:
     """Per group (shape = object/part, surface = material/color, by the unit's label on the first
     set, units with IoU > miniou) the agreement's mean/median/SE, the gap shape - surface, how
     many units keep their label on the second set (same label with IoU > miniou there), and the
-    mean agreement independent masks of the units' coverage would have (`chance`, per unit)."""
+    mean agreement independent masks of the units' coverage would have (`chance`, per unit).
+    With `separable` ((labels,) bool), the surface units are also split by whether their label is
+    seen outside any single shape label ('surface_separable', 'gap_separable') or not
+    ('surface_confined'): a label confined to one shape cannot tell a surface unit from a shape unit."""
     agreement = np.asarray(agreement, np.float64)
     chance = np.full(agreement.shape, np.nan) if chance is None else np.asarray(chance, np.float64)
     first_label, second_label = np.asarray(first_label), np.asarray(second_label)
     labelled = np.asarray(first_iou) > miniou
-    group = np.asarray([group_of(categories[int(l)]) for l in first_label], object)
+    group = unit_groups(first_label, first_iou, categories, miniou)
+    split = None if separable is None else unit_groups(first_label, first_iou, categories, miniou, separable)
     survives = labelled & (second_label == first_label) & (np.asarray(second_iou) > miniou)
+
+    def group_stats(sel: np.ndarray) -> dict:
+        return {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum()),
+                "label_kept_fraction": float(survives[sel].mean()) if sel.any() else float("nan"),
+                "chance_mean": _stat(chance[sel])["mean"]}
+
     out: dict[str, Any] = {"all": _stat(agreement)}
     for g in ("shape", "surface"):
-        sel = labelled & (group == g)
-        out[g] = {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum()),
-                  "label_kept_fraction": float(survives[sel].mean()) if sel.any() else float("nan"),
-                  "chance_mean": _stat(chance[sel])["mean"]}
+        out[g] = group_stats(group == g)
     for cat in (*SHAPE_CATEGORIES, *SURFACE_CATEGORIES):
         sel = labelled & (np.asarray([categories[int(l)] for l in first_label]) == cat)
         out[cat] = {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum())}
     out["gap"] = out["shape"]["mean"] - out["surface"]["mean"]
+    if split is not None:
+        for g in ("surface_separable", "surface_confined"):
+            out[g] = group_stats(split == g)
+        out["gap_separable"] = out["shape"]["mean"] - out["surface_separable"]["mean"]
     out["unlabelled"] = _stat(agreement[~labelled])
     return out
 
@@ -173,10 +201,12 @@ class ShapeBiasConfig:
 
     model: str = option("toy_classifier", "registered classifier (toy_classifier, vgg16_places, ...) or the "
                         "original's vgg16/alexnet/resnet152")
-    dataset: str = option("scenes", "'scenes' or a folder of images")
+    dataset: str = option("scenes", "'scenes', a stylized scenes world (scenes-stylized[-materials|-colors], paired "
+                          "with another stylization of each scene) or a folder of images")
     paired_dataset: str | None = option(None, "the other versions: scenes-stylized (default for scenes; materials "
-                                        "and colours changed), scenes-stylized-materials, scenes-stylized-colors, or "
-                                        "a folder paired by file name")
+                                        "and colours changed), scenes-stylized-materials, scenes-stylized-colors; "
+                                        f"{RESTYLED_SCENES} (default for a stylized world: each scene stylized "
+                                        "again); or a folder paired by file name")
     pattern: str | None = option(None, "regular expression giving a file's pairing key (its first group); "
                                  "default: the relative path without extension and without a '-stylized-...' suffix")
     layers: tuple[str, ...] = option((), "layers to compare (default: every conv layer)", metavar="LAYER")
@@ -230,6 +260,7 @@ class LayerShapeBias:
     iou_tables: tuple[np.ndarray, np.ndarray]  # (labels, units) per set
     topk_indices: np.ndarray  # (units, k) top pairs by the peak on the second set
     summary: dict
+    groups: np.ndarray | None = None  # (units,) `unit_groups` by the first set's label (None: unlabelled)
 
 
 @dataclasses.dataclass
@@ -242,6 +273,7 @@ class ShapeBiasResult:
     label_categories: tuple[str, ...]
     samples: int
     layers: list[LayerShapeBias]
+    confinement: Confinement | None = None  # of the first set's surface labels inside shape labels
 
 
 def default_layers(model) -> tuple[str, ...]:
@@ -254,8 +286,15 @@ def paired_name(config: ShapeBiasConfig) -> str:
     """The second dataset: as given, or the stylized scenes for the scenes (ConfigError when the
     datasets cannot pair)."""
     if config.dataset in STYLIZED_SCENES:
-        raise ConfigError("dataset", f"give the original world first: --dataset scenes --paired-dataset "
-                                     f"{config.dataset}")
+        if config.paired_dataset not in (None, RESTYLED_SCENES):
+            raise ConfigError("paired_dataset", f"--dataset {config.dataset} pairs with {RESTYLED_SCENES} (another "
+                                                "stylization of each scene); for scenes and their stylized twins "
+                                                "give the original world first: --dataset scenes --paired-dataset "
+                                                f"{config.dataset}")
+        return RESTYLED_SCENES
+    if config.paired_dataset == RESTYLED_SCENES:
+        raise ConfigError("paired_dataset", f"{RESTYLED_SCENES} restyles a stylized world: --dataset scenes-stylized "
+                                            f"--paired-dataset {RESTYLED_SCENES}")
     if config.paired_dataset:
         return config.paired_dataset
     if config.dataset == "scenes":
@@ -402,20 +441,30 @@ def pass_pair_stats(setup: ShapeBiasRun) -> dict:
                  "pass 1/2: thresholds on both sets")
 
 
+# The key of pass 2's label overlap (first-set segmentations; see label_confinement) beside the layers.
+LABEL_OVERLAP = "label_overlap"
+
+
 def pass_pair_tallies(setup: ShapeBiasRun, thresholds: dict) -> dict:
-    """Pass 2: per layer, PairTallies (labels on each set, mask agreement)."""
-    empty = {l: PairTallies.create(setup.units[l], len(setup.labels)) for l in setup.layers}
+    """Pass 2: per layer, PairTallies (labels on each set, mask agreement); and under
+    LABEL_OVERLAP, the overlap of surface with shape labels on the first set."""
+    categories = setup.labels.categories
+    surface = label_confinement.label_ids(categories, "surface")
+    empty = {**{l: PairTallies.create(setup.units[l], len(setup.labels)) for l in setup.layers},
+             LABEL_OVERLAP: label_confinement.create_overlap(categories)}
     fp = _fingerprint(setup, "pair_tallies", seg=setup.config.seg or ("scenes" if setup.truth else "netpqc"),
                       thresholds={l: [float(np.sum(t[0], dtype=np.float64)), float(np.sum(t[1], dtype=np.float64))]
-                                  for l, t in thresholds.items()})
+                                  for l, t in thresholds.items()}, label_overlap=True)
     truth = bool(setup.truth)
 
     def per_device(state, replicated, first, second, indices, ok, *segs):
         variables, thr = replicated
         a, b = setup.activations(variables, first, second)
         seg_a, seg_b = segs if truth else (setup.segment(first), setup.segment(second))
-        return {l: update_pair_tallies(state[l], a[l], b[l], setup.upsamplers[l], thr[l][0], thr[l][1], seg_a, seg_b,
-                                       ok) for l in setup.layers}
+        out = {l: update_pair_tallies(state[l], a[l], b[l], setup.upsamplers[l], thr[l][0], thr[l][1], seg_a, seg_b,
+                                      ok) for l in setup.layers}
+        out[LABEL_OVERLAP] = label_confinement.update_overlap(state[LABEL_OVERLAP], seg_a, surface, ok)
+        return out
 
     thr = {l: (jnp.asarray(t[0]), jnp.asarray(t[1])) for l, t in thresholds.items()}
     return _pass(setup, "pair_tallies", per_device, empty, (setup.model.variables, thr), truth, fp,
@@ -423,16 +472,20 @@ def pass_pair_tallies(setup: ShapeBiasRun, thresholds: dict) -> dict:
 
 
 def layer_readout(layer: str, stats_: PairStats, tallies: PairTallies, thresholds: tuple[np.ndarray, np.ndarray],
-                  categories: Sequence[str], miniou: float) -> LayerShapeBias:
-    """Everything measured on one layer, from its finished states."""
+                  categories: Sequence[str], miniou: float, confinement: Confinement | None = None) -> LayerShapeBias:
+    """Everything measured on one layer, from its finished states (`confinement`: of the first
+    set's surface labels, to split the surface units)."""
     best = [tuple(np.asarray(a) for a in tally.best_label()) for tally in (tallies.first_iou, tallies.second_iou)]
     agreement = np.asarray(tallies.agreement.iou(), np.float64)
     chance = np.asarray(tallies.agreement.chance_iou(), np.float64)
-    summary = summarize_layer(agreement, best[0][0], best[0][1], best[1][0], best[1][1], categories, miniou, chance)
+    separable = None if confinement is None else confinement.separable()
+    summary = summarize_layer(agreement, best[0][0], best[0][1], best[1][0], best[1][1], categories, miniou, chance,
+                              separable)
     return LayerShapeBias(layer, thresholds, agreement, chance, np.asarray(tallies.agreement.both_fraction()),
                           (best[0][0], best[1][0]), (best[0][1], best[1][1]),
                           (np.asarray(tallies.first_iou.iou()), np.asarray(tallies.second_iou.iou())),
-                          np.asarray(stats_.second_topk.result()[1]), summary)
+                          np.asarray(stats_.second_topk.result()[1]), summary,
+                          unit_groups(best[0][0], best[0][1], categories, miniou, separable))
 
 
 def measure(setup: ShapeBiasRun) -> ShapeBiasResult:
@@ -443,10 +496,11 @@ def measure(setup: ShapeBiasRun) -> ShapeBiasResult:
     thresholds = {l: (np.asarray(s.first.quantiles(q)[:, 0]), np.asarray(s.second.quantiles(q)[:, 0]))
                   for l, s in pair_stats.items()}
     tallies = pass_pair_tallies(setup, thresholds)
-    layers = [layer_readout(l, pair_stats[l], tallies[l], thresholds[l], setup.labels.categories, cfg.miniou)
-              for l in setup.layers]
+    confinement = label_confinement.confinement(tallies[LABEL_OVERLAP], setup.labels.categories)
+    layers = [layer_readout(l, pair_stats[l], tallies[l], thresholds[l], setup.labels.categories, cfg.miniou,
+                            confinement) for l in setup.layers]
     return ShapeBiasResult(setup.directory, setup.model.name, cfg.dataset, setup.paired, tuple(setup.labels.names),
-                           tuple(setup.labels.categories), len(setup.source), layers)
+                           tuple(setup.labels.categories), len(setup.source), layers, confinement)
 
 
 def top_pairs(setup: ShapeBiasRun, lb: LayerShapeBias, k: int, size: int) -> TopPairs:

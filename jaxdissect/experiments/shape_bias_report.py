@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
+from jaxdissect.experiments.label_confinement import SEPARABLE_BELOW
 from jaxdissect.experiments.label_groups import group_of
 from jaxdissect.folder_names import layer_short_name
 from jaxdissect.report.bargraph import concept_bargraph_svg
@@ -25,8 +26,19 @@ from jaxdissect.report.report_json import dumps_report, make_report, to_json_val
 from jaxdissect.report.unit_images import encode_jpeg, masked_image, unit_strip
 
 SECTION_TITLE = "Shape versus texture"
-GROUP_COLORS = {"shape": "tab:blue", "surface": "tab:orange"}
-GROUP_NAMES = {"shape": "shape units (object, part)", "surface": "surface units (material, color)"}
+GROUP_COLORS = {"shape": "tab:blue", "surface": "tab:orange", "surface_separable": "tab:orange",
+                "surface_confined": "tab:gray"}
+GROUP_NAMES = {"shape": "shape units (object, part)", "surface": "surface units (material, color)",
+               "surface_separable": "surface units, label seen on several shapes",
+               "surface_confined": f"surface units, label inside one shape (>= {SEPARABLE_BELOW:.0%} of its pixels)"}
+
+
+def plotted_groups(result) -> tuple[str, ...]:
+    """The unit groups the figures compare: surface units split by their label's confinement
+    when it was measured."""
+    if result.confinement is None:
+        return ("shape", "surface")
+    return ("shape", "surface_separable", "surface_confined")
 
 
 @dataclasses.dataclass
@@ -50,11 +62,12 @@ def unit_records(result, lb, miniou: float) -> list[dict]:
     for u in range(len(lb.agreement)):
         a, b = int(lb.labels[0][u]), int(lb.labels[1][u])
         kept = a == b and lb.ious[0][u] > miniou and lb.ious[1][u] > miniou
+        group = None if lb.groups is None else lb.groups[u]
         out.append({"image": f"image/unit{u}.jpg", "unit": u, "iou": float(lb.ious[1][u]), "label": names[b],
                     "cat": cats[b], "threshold": float(lb.thresholds[1][u]), "agreement": float(lb.agreement[u]), "chance_agreement": float(lb.chance[u]),
                     "both_fraction": float(lb.both_fraction[u]), "original_label": names[a], "original_cat": cats[a],
                     "original_iou": float(lb.ious[0][u]), "original_threshold": float(lb.thresholds[0][u]),
-                    "original_image": f"original/unit{u}.jpg", "same_label": bool(kept)})
+                    "original_image": f"original/unit{u}.jpg", "same_label": bool(kept), "group": group})
     return out
 
 
@@ -63,15 +76,25 @@ def tables(result, miniou: float) -> dict:
     return {"header": {"model": result.model, "dataset": result.dataset, "paired_dataset": result.paired_dataset,
                        "samples": result.samples, "layers": [lb.layer for lb in result.layers],
                        "agreement": "IoU of the unit's thresholded masks on paired images, summed over the pairs",
-                       "groups": {"shape": ["object", "part"], "surface": ["material", "color"]}},
+                       "groups": {"shape": ["object", "part"], "surface": ["material", "color"]},
+                       **({} if result.confinement is None else {
+                           "surface_labels": result.confinement.table(result.label_names),
+                           "surface_labels_note": "share: the largest fraction of the label's pixels (original set) "
+                           f"inside one shape label ('inside'); separable: share < {SEPARABLE_BELOW:g}. A unit "
+                           "labelled with a confined surface label (group surface_confined) cannot be told from a "
+                           "unit of that shape on the first set; gap_separable compares shape units with the "
+                           "separable ones (group surface_separable)"})},
             "layers": [{"layer": lb.layer, "summary": lb.summary, "units": unit_records(result, lb, miniou)}
                        for lb in result.layers]}
 
 
 def _group_values(result, lb, miniou: float, group: str) -> np.ndarray:
-
-    sel = [(lb.ious[0][u] > miniou and group_of(result.label_categories[int(lb.labels[0][u])]) == group)
-           for u in range(len(lb.agreement))]
+    """Agreements (NaN left out) of the layer's units in `group`."""
+    if group in ("shape", "surface"):
+        sel = [(lb.ious[0][u] > miniou and group_of(result.label_categories[int(lb.labels[0][u])]) == group)
+               for u in range(len(lb.agreement))]
+    else:
+        sel = lb.groups == group
     v = lb.agreement[np.asarray(sel, bool)]
     return v[~np.isnan(v)]
 
@@ -83,31 +106,36 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
     ax = fig.subplots()
     rng = np.random.default_rng(seed)
     chance_label = "agreement of independent masks (chance)"
+    groups = plotted_groups(result)
+    step = 0.72 / len(groups)
+    top = 0.0
     for i, lb in enumerate(result.layers):
-        for j, g in enumerate(("shape", "surface")):
+        for j, g in enumerate(groups):
             v = _group_values(result, lb, miniou, g)
-            x = i + (j - 0.5) * 0.36
+            x = i + (j - (len(groups) - 1) / 2) * step
             col = GROUP_COLORS[g]
             if v.size > 1 and np.ptp(v) > 0:
-                parts = ax.violinplot([v], positions=[x], widths=0.34, showextrema=False)
+                parts = ax.violinplot([v], positions=[x], widths=step * 0.95, showextrema=False)
                 for body in parts["bodies"]:
                     body.set_facecolor(col)
                     body.set_alpha(0.2)
             ax.scatter(x + rng.uniform(-0.07, 0.07, v.size), v, s=7, color=col, alpha=0.7,
                        label=GROUP_NAMES[g] if i == 0 else None)
             if v.size:
-                ax.plot([x - 0.15, x + 0.15], [v.mean()] * 2, color=col, lw=2)
+                top = max(top, float(v.max()))
+                ax.plot([x - step / 2.4, x + step / 2.4], [v.mean()] * 2, color=col, lw=2)
                 ax.annotate(f"{v.mean():.3f}", (x, max(v.max(), v.mean())), textcoords="offset points", xytext=(0, 4),
                             ha="center", fontsize=7, color=col)
                 c = lb.summary[g]["chance_mean"]
-                ax.plot([x - 0.15, x + 0.15], [c] * 2, color="gray", lw=1, ls=":", label=chance_label)
+                ax.plot([x - step / 2.4, x + step / 2.4], [c] * 2, color="black", lw=1, ls=":", label=chance_label)
                 chance_label = None
     ax.set_xticks(range(len(result.layers)), [layer_short_name(lb.layer) for lb in result.layers])
-    ax.set_ylim(-0.02, 1.02)
+    top = min(1.0, max(0.1, 1.25 * top))  # the scale follows the data (agreements are often a few percent)
+    ax.set_ylim(-0.02 * top, top * 1.02)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"mask agreement (IoU, {result.dataset} vs {result.paired_dataset})", fontsize=9)
     ax.set_title(f"{result.model}: do units fire in the same place on stylized images?\n"
-                 f"units labelled (IoU > {miniou:g}) on the originals; solid bars: means", fontsize=10)
+                 f"units labelled (IoU > {miniou:g}) on {result.dataset}; solid bars: means", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     return figure_png(fig)
 
@@ -117,10 +145,12 @@ def plot_label_survival(result) -> bytes:
     is the same as on the originals."""
     fig = new_figure((max(6.0, 1.3 * len(result.layers) + 2), 4.0))
     ax = fig.subplots()
-    for j, g in enumerate(("shape", "surface")):
-        xs = np.arange(len(result.layers)) + (j - 0.5) * 0.38
+    groups = plotted_groups(result)
+    step = 0.76 / len(groups)
+    for j, g in enumerate(groups):
+        xs = np.arange(len(result.layers)) + (j - (len(groups) - 1) / 2) * step
         fr = [lb.summary[g]["label_kept_fraction"] for lb in result.layers]
-        ax.bar(xs, np.nan_to_num(fr), width=0.36, color=GROUP_COLORS[g], alpha=0.8, label=GROUP_NAMES[g])
+        ax.bar(xs, np.nan_to_num(fr), width=step * 0.95, color=GROUP_COLORS[g], alpha=0.8, label=GROUP_NAMES[g])
         for x, lb in zip(xs, result.layers):
             s = lb.summary[g]
             ax.annotate(f"{s['label_kept']}/{s['units']}", (x, np.nan_to_num(s["label_kept_fraction"])),
@@ -134,15 +164,31 @@ def plot_label_survival(result) -> bytes:
     return figure_png(fig)
 
 
+def confined_labels_text(result) -> str:
+    """'stone (100% in mountain), ...': the surface labels confined to one shape on the originals."""
+    if result.confinement is None:
+        return ""
+    table = result.confinement.table(result.label_names)
+    return ", ".join(f"{n} ({t['share']:.0%} in {t['inside']})" for n, t in sorted(table.items())
+                     if not t["separable"]) or "none"
+
+
 def summary_text(result) -> str:
     lines = [f"{result.model} on {result.samples} pairs ({result.dataset} / {result.paired_dataset}): "
              "mean mask agreement of labelled units"]
     for lb in result.layers:
         s = lb.summary
-        lines.append(f"  {lb.layer}: shape {s['shape']['mean']:.3f} ({s['shape']['units']} units, label kept "
-                     f"{s['shape']['label_kept']}), surface {s['surface']['mean']:.3f} ({s['surface']['units']} units, "
-                     f"label kept {s['surface']['label_kept']}), gap {s['gap']:+.3f}; chance "
-                     f"{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}")
+        line = (f"  {lb.layer}: shape {s['shape']['mean']:.3f} ({s['shape']['units']} units, label kept "
+                f"{s['shape']['label_kept']}), surface {s['surface']['mean']:.3f} ({s['surface']['units']} units, "
+                f"label kept {s['surface']['label_kept']}), gap {s['gap']:+.3f}")
+        if "gap_separable" in s:
+            sep, con = s["surface_separable"], s["surface_confined"]
+            line += (f"; surface labels seen on several shapes {sep['mean']:.3f} ({sep['units']} units), "
+                     f"gap {s['gap_separable']:+.3f}; inside one shape {con['mean']:.3f} ({con['units']} units)")
+        lines.append(line + f"; chance {s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}")
+    if result.confinement is not None:
+        lines.append(f"surface labels inside one shape label on {result.dataset} (>= {SEPARABLE_BELOW:.0%} of their "
+                     f"pixels): {confined_labels_text(result)}")
     return "\n".join(lines)
 
 
@@ -154,24 +200,34 @@ def _img(png: bytes, alt: str) -> str:
 def section_html(result, images: dict[str, bytes], layer: str | None = None) -> str:
     """The report section: what was compared, the table per layer, the figures."""
     e = html.escape
+    split = result.confinement is not None
     rows = []
     for lb in result.layers:
         s = lb.summary
         mark = " style='font-weight:bold'" if lb.layer == layer else ""
+        sep = (f"<td>{s['surface_separable']['units']}</td><td>{s['surface_separable']['mean']:.3f}</td>"
+               f"<td>{s['gap_separable']:+.3f}</td>" if split else "")
         rows.append(f"<tr{mark}><td>{e(lb.layer)}</td><td>{s['shape']['units']}</td><td>{s['shape']['mean']:.3f}</td>"
-                    f"<td>{s['surface']['units']}</td><td>{s['surface']['mean']:.3f}</td><td>{s['gap']:+.3f}</td>"
+                    f"<td>{s['surface']['units']}</td><td>{s['surface']['mean']:.3f}</td><td>{s['gap']:+.3f}</td>{sep}"
                     f"<td>{s['shape']['chance_mean']:.3f} / {s['surface']['chance_mean']:.3f}</td>"
                     f"<td>{s['shape']['label_kept']}/{s['shape']['units']}</td>"
                     f"<td>{s['surface']['label_kept']}/{s['surface']['units']}</td></tr>")
+    sep_head = ("<th>separable surface units</th><th>agreement</th><th>gap</th>" if split else "")
+    confined = (f"<p>Surface labels that lie inside one shape label on the first images ({e(result.dataset)}: at least "
+                f"{SEPARABLE_BELOW:.0%} of their pixels): {e(confined_labels_text(result))}. A unit labelled with "
+                "one of them cannot be told from a unit of that shape there, so the table also compares shape units "
+                "with the units of the separable surface labels (seen on several shapes) alone.</p>" if split else "")
     return "\n".join([
         f"<p>Each image was paired with a stylized version of it ({e(result.paired_dataset)}: the same shapes and "
         "layout, other textures and colours). A unit's agreement is the IoU of its thresholded masks on the two "
         "images of each pair (each set with its own top-1% threshold), over all "
         f"{result.samples} pairs; chance is the agreement masks of the same coverage would have if they moved "
-        "independently. Units are grouped by their label on the original images. Cards below: label "
-        "and top images on the stylized set; each unit's original label and agreement are in report.json.</p>",
+        f"independently. Units are grouped by their label on the first images ({e(result.dataset)}). Cards below: "
+        "label and top images on the stylized set; each unit's original label and agreement are in report.json.</p>",
+        confined,
         "<table><thead><tr><th>layer</th><th>shape units</th><th>agreement</th><th>surface units</th>"
-        "<th>agreement</th><th>gap</th><th>chance (shape / surface)</th><th>shape labels kept</th><th>surface labels kept</th></tr></thead><tbody>",
+        f"<th>agreement</th><th>gap</th>{sep_head}<th>chance (shape / surface)</th><th>shape labels kept</th>"
+        "<th>surface labels kept</th></tr></thead><tbody>",
         *rows, "</tbody></table>",
         '<div style="display:flex;flex-wrap:wrap;gap:8px">',
         *(f"<figure style='margin:0;flex:0 1 600px'>{_img(png, n)}<figcaption>{e(n)}</figcaption></figure>"
