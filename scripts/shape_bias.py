@@ -3,11 +3,14 @@
 Each layer is dissected on images and on stylized versions of the same images (same shapes and
 layout, other textures and colours): per unit, thresholds and labels on each set and the IoU of
 its masks on the paired images. With no arguments: the embedded toy classifier, every conv
-layer, 1000 scenes paired with their stylized twins (exact labels on both). Passes are cached
-and resumable; figures, thumbnails, shape_bias.json and a report per layer are written.
+layer, 1000 scenes paired with their stylized twins (exact labels on both). A stylized world as
+--dataset is paired with another stylization of each scene (scenes-restyled), so that no surface
+label is tied to one kind of thing where units are labelled. Passes are cached and resumable;
+figures, thumbnails, shape_bias.json and a report per layer are written.
 
     python scripts/shape_bias.py
     python scripts/shape_bias.py --paired-dataset scenes-stylized-materials --layers conv4_2
+    python scripts/shape_bias.py --model toy_classifier_shapes --dataset scenes-stylized  # vs restyled twins
     python scripts/shape_bias.py --model vgg16 --dataset data/places/val \\
         --paired-dataset data/stylized-places/val --pattern '^(.*Places365_\\w+_\\d+)'
 
