@@ -1,5 +1,6 @@
 """One process of a multi-process experiment run (launched by tests/test_multiprocess.py):
-'adversarial' on the planted classifier, or 'generator' interventions on the hand-built generator.
+'adversarial' on the planted classifier, 'generator' interventions on the hand-built generator, or
+'shape_bias' on the toy classifier (stylized scenes and their restyled twins).
 
 usage: multiprocess_experiment_worker.py PORT PROCESS_ID NUM_PROCESSES OUTDIR EXPERIMENT RESULT_NPZ
 """
@@ -33,13 +34,29 @@ def generator(outdir: str) -> dict:
                 context_delta=res.context.mean_delta, single=res.single_unit_delta, baseline=res.baseline)
 
 
+def shape_bias(outdir: str) -> dict:
+    from jaxdissect.experiments.shape_bias import ShapeBiasConfig, run_experiment
+
+    cfg = ShapeBiasConfig(dataset="scenes-stylized", layers=("features.conv3_1", "features.conv4_2"), sample_size=24,
+                          batch_size=8, topk=3, strip_images=2, thumbsize=32, outdir=outdir, progress=False)
+    res = run_experiment(cfg)
+    arrays = {"share": res.confinement.share}
+    for lb in res.layers:
+        for field in ("agreement", "chance", "both_fraction", "topk_indices"):
+            arrays[f"{lb.layer}.{field}"] = getattr(lb, field)
+        for side in (0, 1):
+            arrays[f"{lb.layer}.labels{side}"], arrays[f"{lb.layer}.ious{side}"] = lb.labels[side], lb.ious[side]
+            arrays[f"{lb.layer}.thresholds{side}"] = lb.thresholds[side]
+    return arrays
+
+
 def main():
     port, pid, nproc, outdir, experiment, result_path = sys.argv[1:]
     from jaxdissect import parallel
 
     if int(nproc) > 1:
         parallel.initialize_distributed(f"127.0.0.1:{port}", int(nproc), int(pid))
-    np.savez(result_path, **{"adversarial": adversarial, "generator": generator}[experiment](outdir))
+    np.savez(result_path, **{"adversarial": adversarial, "generator": generator, "shape_bias": shape_bias}[experiment](outdir))
 
 
 if __name__ == "__main__":

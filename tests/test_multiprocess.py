@@ -1,6 +1,6 @@
 """Dissection as 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1) equals one process,
 a killed multi-process run resumes on a different device count with the same results, and the
-generator and adversarial experiments split over processes equal one process."""
+generator, adversarial and shape-bias experiments split over processes equal one process."""
 import os
 import socket
 import subprocess
@@ -122,6 +122,22 @@ def test_adversarial_experiment_on_two_processes_equals_one(tmp_path):
         for k in one:
             if k.endswith((".l2", ".peak_adv")):
                 np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-4, err_msg=k)
+            else:
+                np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
+
+
+def test_shape_bias_on_two_processes_equals_one(tmp_path):
+    """Both passes of the shape-bias experiment (thresholds on each set; labels, mask agreement and
+    the surface labels' confinement) split over 2 processes x 2 devices give the one-device
+    results on every process; only process 0 writes the folder."""
+    one, twos = one_and_two_processes(tmp_path, "shape_bias")
+    assert np.isfinite(one["share"]).sum() > 10 and (one["features.conv4_2.agreement"] > 0).sum() > 10
+    for two in twos:
+        assert set(two) == set(one)
+        for k in one:
+            if k.endswith(("ious0", "ious1")):
+                np.testing.assert_allclose(two[k], one[k], rtol=1e-6, err_msg=k)
             else:
                 np.testing.assert_array_equal(two[k], one[k], err_msg=k)
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))

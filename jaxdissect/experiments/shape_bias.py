@@ -35,8 +35,7 @@ from jaxdissect.data.paired import RESTYLED_SCENES, STYLIZED_SCENES, paired_sour
 from jaxdissect.dissect import runstate, steps
 from jaxdissect.dissect.config import MODEL_ALIASES
 from jaxdissect.dissect.run import resolve_layers
-from jaxdissect.experiments import shape_bias_report
-from jaxdissect.experiments import label_confinement
+from jaxdissect.experiments import label_confinement, shape_bias_report
 from jaxdissect.experiments.label_confinement import Confinement
 from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
 from jaxdissect.experiments.mask_sweep import stage_fingerprint
