@@ -122,16 +122,19 @@ def test_shape_units_keep_their_masks_on_stylized_scenes_more_than_surface_units
     (tests/test_shape_bias.py) and has almost no shape units on stylized scenes."""
     common = dict(model="toy_classifier_shapes", outdir=str(tmp_path), layers=("features.conv4_1", "features.conv4_2"),
                   batch_size=20, progress=False, thumbsize=32, strip_images=1, topk=2)
+
+    def measured(result, want):
+        """Each layer's summary, checked against `want`: per layer ((shape units, mean), (surface units, mean))."""
+        summaries = [layer.summary for layer in result.layers]
+        for s, (shape, surface) in zip(summaries, want):
+            assert (s["shape"]["units"], s["surface"]["units"]) == (shape[0], surface[0])
+            assert s["shape"]["mean"] == pytest.approx(shape[1], abs=0.003)
+            assert s["surface"]["mean"] == pytest.approx(surface[1], abs=0.003)
+            assert s["shape"]["chance_mean"] == pytest.approx(0.005, abs=0.001)
+        return summaries
+
     result = run_experiment(ShapeBiasConfig(sample_size=120, **common))
-    c41, c42 = (layer.summary for layer in result.layers)
-    assert (c41["shape"]["units"], c41["surface"]["units"]) == (54, 26)
-    assert (c42["shape"]["units"], c42["surface"]["units"]) == (49, 17)
-    assert c42["shape"]["chance_mean"] == pytest.approx(0.005, abs=0.001)
-    assert c41["shape"]["mean"] == pytest.approx(0.063, abs=0.003)
-    assert c41["surface"]["mean"] == pytest.approx(0.036, abs=0.003)
-    assert c42["shape"]["mean"] == pytest.approx(0.073, abs=0.003)
-    assert c42["surface"]["mean"] == pytest.approx(0.044, abs=0.003)
-    for s in (c41, c42):
+    for s in measured(result, [((54, 0.063), (26, 0.036)), ((49, 0.073), (17, 0.044))]):
         assert s["gap"] >= 0.02 and s["shape"]["mean"] >= 1.5 * s["surface"]["mean"]
         assert s["surface_confined"]["units"] == s["surface"]["units"] and s["surface_separable"]["units"] == 0
     assert not result.confinement.separable()[result.label_names.index("stone")]
@@ -139,14 +142,7 @@ def test_shape_units_keep_their_masks_on_stylized_scenes_more_than_surface_units
     restyled = run_experiment(ShapeBiasConfig(dataset="scenes-stylized", sample_size=300, **common))
     assert restyled.paired_dataset == "scenes-restyled"
     assert np.nanmax(restyled.confinement.share) < 0.6  # every surface is drawn on several kinds of things
-    r41, r42 = (layer.summary for layer in restyled.layers)
-    assert (r41["shape"]["units"], r41["surface"]["units"]) == (27, 16)
-    assert (r42["shape"]["units"], r42["surface"]["units"]) == (33, 8)
-    assert r41["shape"]["mean"] == pytest.approx(0.113, abs=0.003)
-    assert r41["surface"]["mean"] == pytest.approx(0.045, abs=0.003)
-    assert r42["shape"]["mean"] == pytest.approx(0.122, abs=0.003)
-    assert r42["surface"]["mean"] == pytest.approx(0.046, abs=0.003)
-    for s in (r41, r42):
+    for s in measured(restyled, [((27, 0.113), (16, 0.045)), ((33, 0.122), (8, 0.046))]):
         assert s["gap"] >= 0.05 and s["shape"]["mean"] >= 2 * s["surface"]["mean"]
 
 
