@@ -156,7 +156,8 @@ def plot_label_survival(result) -> bytes:
             ax.annotate(f"{s['label_kept']}/{s['units']}", (x, np.nan_to_num(s["label_kept_fraction"])),
                         textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     ax.set_xticks(range(len(result.layers)), [layer_short_name(lb.layer) for lb in result.layers])
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.45)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xlabel("layer")
     ax.set_ylabel("fraction of labelled units keeping their label")
     ax.set_title(f"{result.model}: labels that survive stylization (same label, IoU above the cut)", fontsize=10)
