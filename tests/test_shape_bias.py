@@ -131,6 +131,7 @@ def test_identical_pairs_agree_exactly_and_outputs_are_written(tmp_path):
     report = json.load(open(os.path.join(d, "report.json")))
     assert report["header"]["shape_bias"]["gap"] == pytest.approx(lb.summary["gap"], nan_ok=True)
     assert report["sections"][0]["title"] == "Shape versus texture"
+    assert "own top-1% threshold" in report["sections"][0]["html"]
     # the surface labels' confinement, measured in the same pass, against a direct count on the 16 scenes
     seg = np.concatenate([_Same(16).source.load(np.arange(i, i + 8)).segmentation for i in (0, 8)])
     seg = subsample_labels(seg, 2)  # the experiment labels at half the input size

@@ -273,6 +273,7 @@ class ShapeBiasResult:
     samples: int
     layers: list[LayerShapeBias]
     confinement: Confinement | None = None  # of the first set's surface labels inside shape labels
+    quantile: float = 0.01  # a unit is on in this top fraction of its activations on each set
 
 
 def default_layers(model) -> tuple[str, ...]:
@@ -499,7 +500,7 @@ def measure(setup: ShapeBiasRun) -> ShapeBiasResult:
     layers = [layer_readout(l, pair_stats[l], tallies[l], thresholds[l], setup.labels.categories, cfg.miniou,
                             confinement) for l in setup.layers]
     return ShapeBiasResult(setup.directory, setup.model.name, cfg.dataset, setup.paired, tuple(setup.labels.names),
-                           tuple(setup.labels.categories), len(setup.source), layers, confinement)
+                           tuple(setup.labels.categories), len(setup.source), layers, confinement, cfg.quantile)
 
 
 def top_pairs(setup: ShapeBiasRun, lb: LayerShapeBias, k: int, size: int) -> TopPairs:

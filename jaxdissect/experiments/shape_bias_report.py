@@ -221,7 +221,7 @@ def section_html(result, images: dict[str, bytes], layer: str | None = None) -> 
     return "\n".join([
         f"<p>Each image was paired with a stylized version of it ({e(result.paired_dataset)}: the same shapes and "
         "layout, other textures and colours). A unit's agreement is the IoU of its thresholded masks on the two "
-        "images of each pair (each set with its own top-1% threshold), over all "
+        f"images of each pair (each set with its own top-{result.quantile * 100:g}% threshold), over all "
         f"{result.samples} pairs; chance is the agreement masks of the same coverage would have if they moved "
         f"independently. Units are grouped by their label on the first images ({e(result.dataset)}). Cards below: "
         "label and top images on the stylized set; each unit's original label and agreement are in report.json.</p>",
