@@ -55,10 +55,6 @@ class Confinement:
         """(labels,) bool: surface labels seen outside any single shape label (share < limit)."""
         return np.nan_to_num(self.share, nan=np.inf) < limit
 
-    def confined(self, limit: float = SEPARABLE_BELOW) -> np.ndarray:
-        """(labels,) bool: surface labels with at least `limit` of their pixels in one shape label."""
-        return np.nan_to_num(self.share, nan=-np.inf) >= limit
-
     def table(self, names: Sequence[str], limit: float = SEPARABLE_BELOW) -> dict:
         """{surface label: {share, inside, separable}} for the labels seen (for reports)."""
         return {names[i]: {"share": float(self.share[i]), "inside": names[int(self.inside[i])],

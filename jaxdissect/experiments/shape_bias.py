@@ -37,7 +37,7 @@ from jaxdissect.dissect.config import MODEL_ALIASES
 from jaxdissect.dissect.run import resolve_layers
 from jaxdissect.experiments import label_confinement, shape_bias_report
 from jaxdissect.experiments.label_confinement import Confinement
-from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of  # noqa: F401
+from jaxdissect.experiments.label_groups import SHAPE_CATEGORIES, SURFACE_CATEGORIES, group_of, in_group  # noqa: F401
 from jaxdissect.experiments.mask_sweep import stage_fingerprint
 from jaxdissect.experiments.shape_bias_report import TopPairs
 from jaxdissect.folder_names import dataset_short_name, experiment_folder
@@ -164,8 +164,7 @@ def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: n
     chance = np.full(agreement.shape, np.nan) if chance is None else np.asarray(chance, np.float64)
     first_label, second_label = np.asarray(first_label), np.asarray(second_label)
     labelled = np.asarray(first_iou) > miniou
-    group = unit_groups(first_label, first_iou, categories, miniou)
-    split = None if separable is None else unit_groups(first_label, first_iou, categories, miniou, separable)
+    groups = unit_groups(first_label, first_iou, categories, miniou, separable)
     survives = labelled & (second_label == first_label) & (np.asarray(second_iou) > miniou)
 
     def group_stats(sel: np.ndarray) -> dict:
@@ -175,14 +174,14 @@ def summarize_layer(agreement: np.ndarray, first_label: np.ndarray, first_iou: n
 
     out: dict[str, Any] = {"all": _stat(agreement)}
     for g in ("shape", "surface"):
-        out[g] = group_stats(group == g)
+        out[g] = group_stats(in_group(groups, g))
     for cat in (*SHAPE_CATEGORIES, *SURFACE_CATEGORIES):
         sel = labelled & (np.asarray([categories[int(l)] for l in first_label]) == cat)
         out[cat] = {**_stat(agreement[sel]), "label_kept": int(survives[sel].sum())}
     out["gap"] = out["shape"]["mean"] - out["surface"]["mean"]
-    if split is not None:
+    if separable is not None:
         for g in ("surface_separable", "surface_confined"):
-            out[g] = group_stats(split == g)
+            out[g] = group_stats(in_group(groups, g))
         out["gap_separable"] = out["shape"]["mean"] - out["surface_separable"]["mean"]
     out["unlabelled"] = _stat(agreement[~labelled])
     return out
@@ -259,7 +258,7 @@ class LayerShapeBias:
     iou_tables: tuple[np.ndarray, np.ndarray]  # (labels, units) per set
     topk_indices: np.ndarray  # (units, k) top pairs by the peak on the second set
     summary: dict
-    groups: np.ndarray | None = None  # (units,) `unit_groups` by the first set's label (None: unlabelled)
+    groups: np.ndarray  # (units,) `unit_groups` by the first set's label (None: unlabelled)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxdissect.atomic import atomic_write_bytes, atomic_write_text
 from jaxdissect.experiments.label_confinement import SEPARABLE_BELOW
-from jaxdissect.experiments.label_groups import group_of
+from jaxdissect.experiments.label_groups import in_group
 from jaxdissect.folder_names import layer_short_name
 from jaxdissect.report.bargraph import concept_bargraph_svg
 from jaxdissect.report.figures import figure_png, new_figure
@@ -62,12 +62,11 @@ def unit_records(result, lb, miniou: float) -> list[dict]:
     for u in range(len(lb.agreement)):
         a, b = int(lb.labels[0][u]), int(lb.labels[1][u])
         kept = a == b and lb.ious[0][u] > miniou and lb.ious[1][u] > miniou
-        group = None if lb.groups is None else lb.groups[u]
         out.append({"image": f"image/unit{u}.jpg", "unit": u, "iou": float(lb.ious[1][u]), "label": names[b],
                     "cat": cats[b], "threshold": float(lb.thresholds[1][u]), "agreement": float(lb.agreement[u]), "chance_agreement": float(lb.chance[u]),
                     "both_fraction": float(lb.both_fraction[u]), "original_label": names[a], "original_cat": cats[a],
                     "original_iou": float(lb.ious[0][u]), "original_threshold": float(lb.thresholds[0][u]),
-                    "original_image": f"original/unit{u}.jpg", "same_label": bool(kept), "group": group})
+                    "original_image": f"original/unit{u}.jpg", "same_label": bool(kept), "group": lb.groups[u]})
     return out
 
 
@@ -88,14 +87,9 @@ def tables(result, miniou: float) -> dict:
                        for lb in result.layers]}
 
 
-def _group_values(result, lb, miniou: float, group: str) -> np.ndarray:
+def _group_values(lb, group: str) -> np.ndarray:
     """Agreements (NaN left out) of the layer's units in `group`."""
-    if group in ("shape", "surface"):
-        sel = [(lb.ious[0][u] > miniou and group_of(result.label_categories[int(lb.labels[0][u])]) == group)
-               for u in range(len(lb.agreement))]
-    else:
-        sel = lb.groups == group
-    v = lb.agreement[np.asarray(sel, bool)]
+    v = lb.agreement[in_group(lb.groups, group)]
     return v[~np.isnan(v)]
 
 
@@ -111,7 +105,7 @@ def plot_agreement_by_layer(result, miniou: float, seed: int = 0) -> bytes:
     top = 0.0
     for i, lb in enumerate(result.layers):
         for j, g in enumerate(groups):
-            v = _group_values(result, lb, miniou, g)
+            v = _group_values(lb, g)
             x = i + (j - (len(groups) - 1) / 2) * step
             col = GROUP_COLORS[g]
             if v.size > 1 and np.ptp(v) > 0:
